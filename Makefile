@@ -1,0 +1,75 @@
+# SynthASR developer entry points. Every target installs what it needs first (idempotent: a stamp
+# file makes a repeated install take well under a second).
+#
+#   make test         fast unit tests + the smoke recipe end to end (what CI runs)
+#   make medication   the medication recipe on its default config (recipes/medication/conf/default.yaml)
+#   make bench        benchmarks -> bench/results/*.json
+#   make test-all     everything, including tests marked slow
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.synthasr-installed
+# Debian packages: TTS engine, offline general-domain text (fortunes, wordnet), packaged real noise.
+APT_PACKAGES := espeak-ng fortunes wordnet-base etw-data
+# torch CPU build: on a machine without an NVIDIA driver install the pinned CPU wheel before anything
+# else, so the `torch` range in setup.cfg never pulls a multi-GB CUDA build. GPU users keep theirs.
+TORCH_CPU_PIN ?= torch==2.13.0
+STAGE ?= 0
+STOP_STAGE ?= 100
+CONFIG ?= conf/default.yaml
+
+.PHONY: install system-deps test test-all medication smoke bench clean-venv
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+	  echo "[install] torch $$($(PY) -c 'import torch; print(torch.__version__)') already present"; \
+	elif command -v nvidia-smi >/dev/null 2>&1; then \
+	  echo "[install] NVIDIA driver found: torch comes from setup.cfg's range"; \
+	else \
+	  echo "[install] no GPU: installing $(TORCH_CPU_PIN) (CPU build)"; \
+	  $(PY) -m pip install -q "$(TORCH_CPU_PIN)"; \
+	fi
+	@$(PY) -m pip install -q -e ".[all]"
+	@touch $@
+	@echo "[install] done: $(VENV)"
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "[install] apt-get install$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "[install] ERROR: missing Debian packages:$$missing; run: sudo apt-get install$$missing" >&2; exit 1; \
+	  fi; \
+	fi
+
+test: install
+	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
+
+test-all: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+medication: install
+	cd recipes/medication && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ./run.sh --config $(CONFIG) --stage $(STAGE) --stop-stage $(STOP_STAGE)
+
+smoke:
+	$(MAKE) medication CONFIG=conf/smoke.yaml
+
+bench: install
+	@mkdir -p bench/results
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@echo "results in bench/results/"
+
+clean-venv:
+	rm -rf $(VENV)
