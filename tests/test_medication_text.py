@@ -1,0 +1,174 @@
+"""Tests for recipes/medication/local/prepare_text.py: real names, disjoint splits, no leakage."""
+import bz2
+import importlib.util
+import json
+import pickle
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+from synthasr.text import is_normalized, normalize
+
+_SCRIPT = Path(__file__).resolve().parents[1] / "recipes" / "medication" / "local" / "prepare_text.py"
+_spec = importlib.util.spec_from_file_location("prepare_text", _SCRIPT)
+P = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("prepare_text", P)  # dataclasses look their module up while the class is built
+_spec.loader.exec_module(P)
+
+MED_SIZES = {"train": 100, "dev": 30, "test": 30, "test_unseen": 20}
+GENERAL_SIZES = {"train": 300, "dev": 50, "test": 50}
+
+
+def _run(out_dir, seed=0):
+    return P.prepare(out_dir, seed, num_names=40, unseen_fraction=0.1, med_sizes=MED_SIZES, general_sizes=GENERAL_SIZES)
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    d = tmp_path_factory.mktemp("text")
+    summary = _run(d)
+    return d, summary
+
+
+def test_summary_counts(out):
+    d, summary = out
+    assert summary["med_sentences"] == MED_SIZES
+    assert summary["general_sentences"] == GENERAL_SIZES
+    assert summary["names_seen"] == 36 and summary["names_unseen"] == 4
+    assert summary["names_total_generic"] > 900 and summary["names_total_brand"] > 2000
+    assert summary["med_name_oov_rate_vs_general_train"] == 1.0
+    assert json.loads((d / "summary.json").read_text())["names_total"] == summary["names_total"]
+
+
+def test_name_list_has_real_names(out):
+    d, _ = out
+    rows = [line.split("\t") for line in (d / "medication_names.txt").read_text().splitlines()]
+    names = {r[0]: r for r in rows}
+    assert len(rows) > 3000
+    assert names["atorvastatin"][1] == "generic"
+    assert names["lipitor"][1:3] == ["brand", "atorvastatin"]
+    assert names["metformin"][1] == "generic"
+    assert names["zoloft"][1:3] == ["brand", "sertraline"]
+    # ordinary English words are not medication names even if some product is called that
+    for word in ("tabloid", "choice", "justice", "success", "aspirin", "lithium"):
+        assert word not in names
+    assert all(is_normalized(r[0]) and " " not in r[0] for r in rows)
+
+
+def test_records_are_normalized_with_ids(out):
+    d, _ = out
+    ids = set()
+    for path in sorted(d.glob("*.jsonl")):
+        for rec in _jsonl(path):
+            assert rec["text"] == normalize(rec["raw"])
+            assert is_normalized(rec["text"]) and rec["text"]
+            assert rec["id"] not in ids
+            ids.add(rec["id"])
+    assert len(ids) == sum(MED_SIZES.values()) + sum(GENERAL_SIZES.values())
+
+
+def test_med_splits_disjoint_and_names_consistent(out):
+    d, _ = out
+    splits = {s: _jsonl(d / f"med_{s}.jsonl") for s in MED_SIZES}
+    texts = [r["text"] for recs in splits.values() for r in recs]
+    assert len(texts) == len(set(texts))
+    train_names = {n for r in splits["train"] for n in r["names"]}
+    for split in ("dev", "test"):
+        for r in splits[split]:
+            assert set(r["names"]) <= train_names
+    for r in splits["test_unseen"] + splits["train"]:
+        for name in r["names"]:
+            assert name in r["text"].split()
+    roles = dict(line.split("\t")[::2] for line in (d / "names_used.txt").read_text().splitlines())
+    unseen = {n for n, role in roles.items() if role == "unseen"}
+    assert len(unseen) == 4
+    assert {n for r in splits["test_unseen"] for n in r["names"]} <= unseen
+    train_words = {w for s in ("train", "dev", "test") for r in splits[s] for w in r["text"].split()}
+    general_words = {w for s in GENERAL_SIZES for r in _jsonl(d / f"general_{s}.jsonl") for w in r["text"].split()}
+    assert not unseen & train_words
+    assert not unseen & general_words
+
+
+def test_general_text_has_no_medication_names(out):
+    d, _ = out
+    all_names = {line.split("\t")[0] for line in (d / "medication_names.txt").read_text().splitlines()}
+    texts = {s: [r["text"] for r in _jsonl(d / f"general_{s}.jsonl")] for s in GENERAL_SIZES}
+    for split_texts in texts.values():
+        for t in split_texts:
+            assert not all_names.intersection(t.split()), t
+            assert P.MIN_WORDS <= len(t.split()) <= P.MAX_WORDS
+    assert not set(texts["train"]) & set(texts["dev"])
+    assert not set(texts["train"]) & set(texts["test"])
+    assert not set(texts["dev"]) & set(texts["test"])
+
+
+@pytest.mark.slow
+def test_same_seed_same_bytes(out, tmp_path):
+    d, _ = out
+    _run(tmp_path / "again", seed=0)
+    for path in sorted(d.iterdir()):
+        assert (tmp_path / "again" / path.name).read_bytes() == path.read_bytes(), path.name
+    _run(tmp_path / "other", seed=1)
+    assert (tmp_path / "other" / "med_train.jsonl").read_bytes() != (d / "med_train.jsonl").read_bytes()
+
+
+def test_sentence_generation_is_seeded_and_unique():
+    names = [P.MedName(n, "generic", n, "test") for n in ("alphazol", "betazine", "cetramab", "deltavir")]
+    first = P.make_med_splits(names[:3], names[3:], {"train": 30, "dev": 5, "test": 5, "test_unseen": 5}, random.Random(3))
+    second = P.make_med_splits(names[:3], names[3:], {"train": 30, "dev": 5, "test": 5, "test_unseen": 5}, random.Random(3))
+    assert [s.text for v in first.values() for s in v] == [s.text for v in second.values() for s in v]
+    assert {n for s in first["train"] for n in s.names} == {"alphazol", "betazine", "cetramab"}
+    assert all(s.names[0] == "deltavir" for s in first["test_unseen"])
+
+
+def test_templates_normalize_with_doses():
+    rng = random.Random(0)
+    name = P.MedName("lipitor", "brand", "atorvastatin", "test")
+    other = P.MedName("zoloft", "brand", "sertraline", "test")
+    assert len(P.TEMPLATES) >= 40
+    for template in P.TEMPLATES:
+        text = normalize(P.render(template, [name, other], rng))
+        assert "lipitor" in text.split() and is_normalized(text)
+    assert normalize("Take 0.5 mg of Lipitor b.i.d.") == "take zero point five milligrams of lipitor twice a day"
+
+
+def test_fortune_parsing_and_missing_sources(tmp_path):
+    fortunes = tmp_path / "fortunes"
+    fortunes.mkdir()
+    (fortunes / "wisdom").write_text(
+        "The early bird gets the worm. Be kind to your neighbors!\n\t\t-- Anonymous\n%\n"
+        "Q: Why?\nA: Because.\n%\nA |_| drawing\n%\n", encoding="utf-8")
+    (fortunes / "drugs").write_text("Aspirin is a fine drug for you.\n%\n", encoding="utf-8")
+    assert P.fortune_sentences(fortunes) == ["The early bird gets the worm.", "Be kind to your neighbors!"]
+    with pytest.raises(P.TextPrepError, match="install the Debian package 'fortunes'"):
+        P.fortune_sentences(tmp_path / "nope")
+    with pytest.raises(P.TextPrepError, match="install the Debian package 'wordnet-base'"):
+        P.wordnet_examples(tmp_path / "nope")
+
+
+def test_unpickler_refuses_code(tmp_path):
+    path = tmp_path / "evil.pkl.bz2"
+    with bz2.open(path, "wb") as f:
+        pickle.dump({"drug_canonical_to_data": {"x": random.Random}}, f)
+    with pytest.raises(P.TextPrepError, match="refusing to load"):
+        P.load_drug_dictionary(path)
+
+
+def test_brand_mapping_needs_generic_plus_salt(tmp_path):
+    unii = tmp_path / "UNII_Names.txt"
+    unii.write_text(
+        "Name\tTYPE\tUNII\tDisplay Name\n"
+        "LIPITOR\tbn\tX1\tATORVASTATIN CALCIUM\n"
+        "ODDNAME\tbn\tX2\tATORVASTATIN MIXTURE WITH STUFF\n"
+        "NS-218\tbn\tX3\tATORVASTATIN\n"
+        "ATORVA\tcn\tX1\tATORVASTATIN CALCIUM\n", encoding="utf-8")
+    assert P.unii_brands(unii, {"atorvastatin": "a600045"}) == {"lipitor": "atorvastatin"}
+    unii.write_text("bad header\n", encoding="utf-8")
+    with pytest.raises(P.TextPrepError, match="unexpected header"):
+        P.unii_brands(unii, {})
