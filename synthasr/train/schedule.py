@@ -1,0 +1,645 @@
+"""Multi-stage continual-learning schedule: mix, augment, freeze, regularise, train, evaluate, report.
+
+A schedule is one YAML file::
+
+    exp_dir: exp/schedule              # optional; run_schedule(exp_dir=...) overrides it
+    baseline: general                  # stage the report compares against (default: first stage)
+    base:
+      bpe_model: data/lang_bpe_500/bpe.model
+      train: {model: {preset: small}, optim: {lr: 1.0e-3}, max_steps: 20000, ...}   # a TrainConfig
+      sources:
+        general: {cuts: [data/fbank/general_train_cuts.jsonl.gz], domain: general}
+        medication_synth: [data/fbank/med_synth_cuts.jsonl.gz]       # short form: a list of manifests
+      eval_sets:
+        general_test: {cuts: data/fbank/general_test_cuts.jsonl.gz, domain: general}
+        medication_test: data/fbank/med_test_cuts.jsonl.gz           # short form; domain read from cuts
+      assets: {num_noises: 30, num_rirs: 40, babble_source: medication_synth}
+      decode: {method: greedy_search}
+    stages:
+      - {name: general, init: scratch, data: {general: 1.0}}
+      - name: adapt
+        init: previous                 # scratch | previous | path/to/checkpoint.pt
+        data: {general: 0.7, medication_synth: 0.3}
+        augment: {medication_synth: {speed: [0.9, 1.0, 1.1], noise_prob: 0.5, reverb_prob: 0.3}}
+        freeze: {patterns: [encoder], eval_mode: true}
+        regularization: {type: ewc, lambda: {encoder: 1000.0}, fisher_source: general, fisher_batches: 50}
+        lr: 3.0e-4
+        max_steps: 5000
+        eval: [general_test, medication_test]
+
+Each stage trains in ``exp_dir/<stage>/`` with :func:`synthasr.train.trainer.fit` (which auto-resumes),
+is decoded on its eval sets (icefall result files in ``exp_dir/<stage>/decode/``, summary in
+``exp_dir/<stage>/eval.json``) and the forgetting report is rewritten. A stage whose ``final.pt``
+and ``eval.json`` both exist is skipped. Every config error is found before any training starts.
+Relative paths are resolved against the current working directory (icefall's convention: run from
+the recipe directory).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Sequence, Union
+
+from synthasr.augment.config import AugmentConfig
+from synthasr.config import ConfigError, from_dict, load_yaml, to_dict
+from synthasr.utils.io import atomic_write
+
+log = logging.getLogger(__name__)
+PathLike = Union[str, Path]
+MIX_SOURCE_KEY = "mix_source"
+
+
+class ScheduleError(ValueError):
+    """The schedule cannot run; the message names the file, the stage and the key."""
+
+
+# --------------------------------------------------------------------------------------------- #
+# Config dataclasses
+# --------------------------------------------------------------------------------------------- #
+@dataclass
+class SourceConfig:
+    """A training source: one or more cut manifests; ``domain`` tags supervisions lacking a domain."""
+
+    cuts: List[str]
+    domain: Optional[str] = None
+
+
+@dataclass
+class EvalSetConfig:
+    """An evaluation set; ``domain`` defaults to the majority ``custom['domain']`` of its cuts."""
+
+    cuts: str
+    domain: Optional[str] = None
+
+
+@dataclass
+class AssetsConfig:
+    """Noise and RIR collections built once per experiment (``exp_dir/assets``) when a stage needs them."""
+
+    num_noises: int = 30
+    noise_duration: float = 20.0
+    babble_source: Optional[str] = None
+    real_noise: bool = True
+    num_rirs: int = 40
+    seed: int = 0
+
+
+@dataclass
+class DecodeConfig:
+    method: Literal["greedy_search", "modified_beam_search"] = "greedy_search"
+    beam_size: int = 4
+    max_duration: float = 300.0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class BaseConfig:
+    bpe_model: str
+    sources: Dict[str, Union[List[str], SourceConfig]]
+    eval_sets: Dict[str, Union[str, EvalSetConfig]] = field(default_factory=dict)
+    train: Dict[str, Any] = field(default_factory=dict)
+    assets: AssetsConfig = field(default_factory=AssetsConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+
+@dataclass
+class FreezeConfig:
+    patterns: List[str] = field(default_factory=list)
+    eval_mode: bool = True
+
+
+@dataclass
+class RegularizationConfig:
+    """``lambda`` (YAML key) is a number or ``{module_prefix: number}``; ``""`` is the default prefix."""
+
+    type: Literal["none", "ewc", "online_ewc", "l2sp"] = "none"
+    lambda_: Union[float, Dict[str, float]] = 0.0
+    fisher_source: Optional[str] = None
+    fisher_batches: int = 50
+    fisher_max_duration: Optional[float] = None
+    gamma: float = 1.0
+
+
+@dataclass
+class StageConfig:
+    name: str
+    data: Dict[str, float]
+    init: str = "previous"
+    num_cuts: Optional[int] = None
+    augment: Dict[str, AugmentConfig] = field(default_factory=dict)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
+    lr: Optional[float] = None
+    max_steps: Optional[int] = None
+    num_epochs: Optional[int] = None
+    train: Dict[str, Any] = field(default_factory=dict)
+    dev: Optional[str] = None
+    eval: Optional[List[str]] = None
+
+
+@dataclass
+class ScheduleConfig:
+    base: BaseConfig
+    stages: List[StageConfig]
+    exp_dir: Optional[str] = None
+    baseline: Optional[str] = None
+
+
+@dataclass
+class StageResult:
+    name: str
+    dir: Path
+    checkpoint: Path
+    results: Dict[str, Dict[str, Any]]
+    skipped: bool
+
+
+@dataclass
+class ScheduleResult:
+    exp_dir: Path
+    stages: List[StageResult]
+    report: Optional[Dict[str, Any]]
+
+
+# --------------------------------------------------------------------------------------------- #
+# Loading + validation (everything that can fail before training)
+# --------------------------------------------------------------------------------------------- #
+def load_schedule(path: PathLike) -> ScheduleConfig:
+    """Strictly load a schedule YAML (unknown keys / wrong types -> one-line ConfigError)."""
+    data = load_yaml(path)
+    for i, stage in enumerate(data.get("stages") or []):
+        reg = stage.get("regularization") if isinstance(stage, dict) else None
+        if isinstance(reg, dict) and "lambda" in reg:
+            if "lambda_" in reg:
+                raise ConfigError(f"{path}: stages[{i}].regularization: give 'lambda' only once")
+            reg["lambda_"] = reg.pop("lambda")
+    return from_dict(ScheduleConfig, data, where=str(path))
+
+
+@dataclass
+class _Plan:
+    """Validated, loaded schedule: what every stage needs, computed before any training."""
+
+    cfg: ScheduleConfig
+    path: Path
+    exp_dir: Path
+    tokenizer: Any
+    sources: Dict[str, Any]
+    eval_sets: Dict[str, Any]
+    eval_domains: Dict[str, str]
+    train_cfgs: Dict[str, Any]
+    selected: List[StageConfig]
+
+
+def _err(path: Path, where: str, msg: str) -> ScheduleError:
+    return ScheduleError(f"{path}: {where}: {msg}")
+
+
+def _load_cuts(paths: Sequence[str], path: Path, where: str):
+    from lhotse import CutSet
+
+    sets = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise _err(path, where, f"cut manifest {p} not found")
+        try:
+            loaded = CutSet.from_file(p)  # lhotse returns None for an empty manifest
+            sets.append(loaded.to_eager() if loaded is not None else CutSet.from_cuts([]))
+        except Exception as e:  # noqa: BLE001 - report any unreadable manifest in one line
+            raise _err(path, where, f"cannot read {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    cuts = sets[0] if len(sets) == 1 else CutSet.from_cuts(c for s in sets for c in s)
+    if len(cuts) == 0:
+        raise _err(path, where, f"has no cuts ({', '.join(paths)})")
+    return cuts
+
+
+def _tag_domain(cuts, domain: Optional[str]):
+    """Fill ``custom['domain']`` on supervisions that lack it (never overwrites an existing tag)."""
+    if domain is None:
+        return cuts
+    from lhotse import CutSet
+    from lhotse.utils import fastcopy
+
+    def tag(cut):
+        sups = [s if (s.custom or {}).get("domain") else fastcopy(s, custom={**(s.custom or {}), "domain": domain})
+                for s in cut.supervisions]
+        return fastcopy(cut, supervisions=sups)
+
+    return CutSet.from_cuts(tag(c) for c in cuts)
+
+
+def _majority_domain(cuts) -> str:
+    from synthasr.data.mixing import source_counts
+
+    counts = source_counts(cuts, "domain")
+    return max(counts, key=lambda k: (counts[k], k)) if counts else "unknown"
+
+
+def _stage_train_config(base_train: Dict[str, Any], stage: StageConfig, path: Path, where: str):
+    from synthasr.train.config import TrainConfig
+
+    merged = _deep_merge(copy.deepcopy(base_train), stage.train)
+    if stage.lr is not None:
+        merged.setdefault("optim", {})["lr"] = stage.lr
+    if stage.max_steps is not None:
+        merged["max_steps"] = stage.max_steps
+    if stage.num_epochs is not None:
+        merged["num_epochs"] = stage.num_epochs
+    try:
+        return from_dict(TrainConfig, merged, where=f"{path}: {where}", key="train")
+    except ConfigError as e:
+        raise ScheduleError(str(e)) from None
+
+
+def _deep_merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            base[k] = _deep_merge(base[k], v)
+        else:
+            base[k] = copy.deepcopy(v)
+    return base
+
+
+def validate_schedule(
+    path: PathLike, exp_dir: Optional[PathLike] = None, stages: Optional[Sequence[str]] = None
+) -> _Plan:
+    """Load the YAML and check every stage (data, weights, freeze, regulariser, init, eval sets)."""
+    path = Path(path)
+    try:
+        cfg = load_schedule(path)
+    except ConfigError as e:
+        raise ScheduleError(str(e)) from None
+    exp = exp_dir if exp_dir is not None else cfg.exp_dir
+    if exp is None:
+        raise _err(path, "exp_dir", "not set (give exp_dir in the schedule or run_schedule(exp_dir=...))")
+    exp_dir = Path(exp)
+    base = cfg.base
+    if not cfg.stages:
+        raise _err(path, "stages", "no stages")
+    names = [s.name for s in cfg.stages]
+    for i, s in enumerate(cfg.stages):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", s.name):
+            raise _err(path, f"stages[{i}].name", f"{s.name!r} must be a plain directory name ([A-Za-z0-9_.-])")
+        if names.count(s.name) > 1:
+            raise _err(path, f"stages[{i}].name", f"duplicate stage name {s.name!r}")
+    if cfg.baseline is not None and cfg.baseline not in names:
+        raise _err(path, "baseline", f"{cfg.baseline!r} is not a stage ({', '.join(names)})")
+    selected = list(cfg.stages)
+    if stages is not None:
+        unknown = [s for s in stages if s not in names]
+        if unknown:
+            raise _err(path, "stages", f"unknown stage {unknown[0]!r} requested (stages: {', '.join(names)})")
+        selected = [s for s in cfg.stages if s.name in stages]
+
+    tokenizer = _load_tokenizer(base.bpe_model, path)
+    sources = {}
+    for name, spec in base.sources.items():
+        spec = SourceConfig(cuts=spec) if isinstance(spec, list) else spec
+        sources[name] = _tag_domain(_load_cuts(spec.cuts, path, f"base.sources.{name}"), spec.domain)
+    eval_sets, eval_domains = {}, {}
+    for name, spec in base.eval_sets.items():
+        spec = EvalSetConfig(cuts=spec) if isinstance(spec, str) else spec
+        cuts = _load_cuts([spec.cuts], path, f"base.eval_sets.{name}")
+        eval_sets[name] = _tag_domain(cuts, spec.domain)
+        eval_domains[name] = spec.domain or _majority_domain(cuts)
+    if base.assets.babble_source is not None and base.assets.babble_source not in sources:
+        raise _err(path, "base.assets.babble_source", f"unknown source {base.assets.babble_source!r}")
+
+    train_cfgs = {}
+    for i, stage in enumerate(cfg.stages):
+        where = f"stages[{i}] ({stage.name})"
+        train_cfgs[stage.name] = _stage_train_config(base.train, stage, path, where)
+        _validate_stage(path, where, i, stage, cfg, sources, eval_sets, train_cfgs[stage.name], tokenizer, exp_dir)
+    selected_names = {s.name for s in selected}
+    for i, stage in enumerate(cfg.stages):
+        if stage.name in selected_names and stage.init == "previous" and i > 0:
+            prev = cfg.stages[i - 1].name
+            if prev not in selected_names and not (exp_dir / prev / "final.pt").is_file():
+                raise _err(path, f"stages[{i}] ({stage.name}).init",
+                           f"previous stage {prev!r} is not being run and {exp_dir / prev / 'final.pt'} is missing")
+    return _Plan(cfg, path, exp_dir, tokenizer, sources, eval_sets, eval_domains, train_cfgs, selected)
+
+
+def _load_tokenizer(bpe_model: str, path: Path):
+    from synthasr.tokenizer import Tokenizer
+
+    if not Path(bpe_model).is_file():
+        raise _err(path, "base.bpe_model", f"{bpe_model} not found")
+    try:
+        return Tokenizer.load(bpe_model)
+    except Exception as e:  # noqa: BLE001
+        raise _err(path, "base.bpe_model", f"cannot load {bpe_model}: {e}") from None
+
+
+def _validate_stage(path, where, i, stage, cfg, sources, eval_sets, train_cfg, tokenizer, exp_dir) -> None:
+    from synthasr.data.mixing import MixingError, normalized_weights
+    from synthasr.train.freeze import FreezeError, check_patterns
+    from synthasr.train.regularization import RegularizationError, resolve_lambdas
+
+    try:
+        normalized_weights(sources, stage.data)
+    except MixingError as e:
+        raise _err(path, f"{where}.data", str(e)) from None
+    for src in stage.augment:
+        if src not in stage.data:
+            raise _err(path, f"{where}.augment", f"augmentation for {src!r}, which is not in this stage's data")
+    if stage.num_cuts is not None and stage.num_cuts <= 0:
+        raise _err(path, f"{where}.num_cuts", f"must be positive, got {stage.num_cuts}")
+
+    if stage.init == "previous":
+        if i == 0:
+            raise _err(path, f"{where}.init", "'previous' but this is the first stage")
+    elif stage.init != "scratch" and not Path(stage.init).is_file():
+        raise _err(path, f"{where}.init", f"checkpoint {stage.init} not found")
+
+    model = _skeleton(stage, train_cfg, tokenizer, path, where)
+    try:
+        check_patterns(model, stage.freeze.patterns)
+    except FreezeError as e:
+        raise _err(path, f"{where}.freeze", str(e)) from None
+
+    reg = stage.regularization
+    if reg.type != "none":
+        if stage.init == "scratch":
+            raise _err(path, f"{where}.regularization", f"{reg.type} needs previous weights, but init is 'scratch'")
+        if reg.type in ("ewc", "online_ewc"):
+            if reg.fisher_source is None:
+                raise _err(path, f"{where}.regularization", f"{reg.type} needs fisher_source (old-domain source name)")
+            if reg.fisher_source not in sources:
+                raise _err(path, f"{where}.regularization.fisher_source",
+                           f"unknown source {reg.fisher_source!r} (sources: {', '.join(sources)})")
+            if reg.fisher_batches <= 0:
+                raise _err(path, f"{where}.regularization.fisher_batches", f"must be positive, got {reg.fisher_batches}")
+        if not 0.0 <= reg.gamma <= 1.0:
+            raise _err(path, f"{where}.regularization.gamma", f"must be in [0, 1], got {reg.gamma}")
+        try:
+            resolve_lambdas([n for n, _ in model.named_parameters()], reg.lambda_)
+        except RegularizationError as e:
+            raise _err(path, f"{where}.regularization.lambda", str(e)) from None
+
+    for key, names in (("eval", stage.eval or []), ("dev", [stage.dev] if stage.dev else [])):
+        for name in names:
+            if name not in eval_sets:
+                raise _err(path, f"{where}.{key}", f"unknown eval set {name!r} (eval sets: {', '.join(eval_sets) or 'none'})")
+    if any(a.noise_prob > 0 or a.reverb_prob > 0 for a in stage.augment.values()):
+        if cfg.base.assets.num_noises <= 0 and not cfg.base.assets.real_noise and any(
+            a.noise_prob > 0 for a in stage.augment.values()
+        ):
+            raise _err(path, f"{where}.augment", "noise requested but base.assets makes no noise")
+        if cfg.base.assets.num_rirs <= 0 and any(a.reverb_prob > 0 for a in stage.augment.values()):
+            raise _err(path, f"{where}.augment", "reverb requested but base.assets.num_rirs is 0")
+
+
+def _skeleton(stage: StageConfig, train_cfg, tokenizer, path: Path, where: str):
+    """The model a stage will train (architecture only), for checking freeze patterns / lambdas."""
+    from synthasr.checkpoint import CheckpointError, load_checkpoint
+    from synthasr.model import build_model
+
+    if stage.init not in ("scratch", "previous"):
+        try:
+            ckpt = load_checkpoint(stage.init)
+        except CheckpointError as e:
+            raise _err(path, f"{where}.init", str(e)) from None
+        vocab = int(ckpt["model_config"].get("vocab_size", 0))
+        if vocab != tokenizer.vocab_size:
+            raise _err(path, f"{where}.init", f"checkpoint vocab_size {vocab} != tokenizer vocab_size {tokenizer.vocab_size}")
+        return build_model(ckpt["model_config"])
+    return build_model(dataclasses.replace(train_cfg.model, vocab_size=tokenizer.vocab_size))
+
+
+# --------------------------------------------------------------------------------------------- #
+# Running
+# --------------------------------------------------------------------------------------------- #
+def run_schedule(path: PathLike, exp_dir: Optional[PathLike] = None, stages: Optional[Sequence[str]] = None) -> ScheduleResult:
+    """Validate everything, then run (or skip finished) stages in order, evaluate, and write the report."""
+    from synthasr.report import ReportError, write_report
+
+    plan = validate_schedule(path, exp_dir, stages)
+    plan.exp_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_write(plan.exp_dir / "schedule.yaml") as f:
+        import yaml
+
+        yaml.safe_dump(to_dict(plan.cfg), f, sort_keys=False)
+    order = [s.name for s in plan.cfg.stages]
+    results: List[StageResult] = []
+    report = None
+    for stage in plan.selected:
+        index = order.index(stage.name)
+        results.append(_run_stage(plan, stage, index))
+        try:
+            report = write_report(plan.exp_dir, baseline=plan.cfg.baseline)
+        except ReportError as e:  # e.g. the named baseline has not been evaluated yet
+            log.warning("report not written yet: %s", e)
+    return ScheduleResult(plan.exp_dir, results, report)
+
+
+def _stage_done(stage_dir: Path) -> bool:
+    return (stage_dir / "final.pt").is_file() and (stage_dir / "eval.json").is_file()
+
+
+def _run_stage(plan: _Plan, stage: StageConfig, index: int) -> StageResult:
+    stage_dir = plan.exp_dir / stage.name
+    if _stage_done(stage_dir):
+        log.info("stage %s: finished earlier, skipping", stage.name)
+        data = json.loads((stage_dir / "eval.json").read_text(encoding="utf-8"))
+        return StageResult(stage.name, stage_dir, stage_dir / "final.pt", data["results"], skipped=True)
+    import torch
+
+    from synthasr.train.freeze import freeze
+    from synthasr.train.trainer import fit
+
+    train_cfg = plan.train_cfgs[stage.name]
+    init_ckpt = _init_checkpoint(plan, stage, index)
+    torch.manual_seed(train_cfg.seed)
+    model = _build_init_model(train_cfg, plan.tokenizer, init_ckpt)
+    regularizer = _make_regularizer(plan, stage, index, model, init_ckpt, train_cfg)
+    report = freeze(model, stage.freeze.patterns, eval_mode=stage.freeze.eval_mode)
+    log.info("stage %s: %s", stage.name, report.summary())
+    train_cuts = _stage_cuts(plan, stage, train_cfg.seed + index)
+    dev = plan.eval_sets[stage.dev] if stage.dev else None
+    meta = {"stage": stage.name, "stage_index": index, "schedule": str(plan.path), "init": str(init_ckpt or "scratch")}
+    final = fit(train_cfg, stage_dir, train_cuts, dev, plan.tokenizer, model=model, regularizer=regularizer,
+                eval_mode_modules=report.eval_mode_modules, source_key=MIX_SOURCE_KEY, meta=meta)
+    results = _evaluate_stage(plan, stage, index, Path(final))
+    return StageResult(stage.name, stage_dir, Path(final), results, skipped=False)
+
+
+def _init_checkpoint(plan: _Plan, stage: StageConfig, index: int) -> Optional[Path]:
+    if stage.init == "scratch":
+        return None
+    if stage.init == "previous":
+        prev = plan.cfg.stages[index - 1].name
+        ckpt = plan.exp_dir / prev / "final.pt"
+        if not ckpt.is_file():
+            raise ScheduleError(f"{plan.path}: stages[{index}] ({stage.name}).init: previous stage {prev!r} "
+                                f"has no final.pt (run it first)")
+        return ckpt
+    return Path(stage.init)
+
+
+def _build_init_model(train_cfg, tokenizer, ckpt_path: Optional[Path]):
+    from synthasr.checkpoint import load_checkpoint
+    from synthasr.model import build_model
+
+    if ckpt_path is None:
+        return build_model(dataclasses.replace(train_cfg.model, vocab_size=tokenizer.vocab_size))
+    ckpt = load_checkpoint(ckpt_path)
+    model = build_model(ckpt["model_config"])
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+def _stage_cuts(plan: _Plan, stage: StageConfig, seed: int):
+    """Per-source augmentation, then weighted mixing (tagged with the source name)."""
+    from synthasr.augment import augment_cuts
+    from synthasr.data.mixing import mix_sources
+
+    noise, rirs = _assets(plan, stage)
+    used = {n: plan.sources[n] for n, w in stage.data.items() if w > 0}
+    augmented = {
+        name: augment_cuts(cuts, stage.augment.get(name, AugmentConfig()), seed=seed + i, noise_cuts=noise, rirs=rirs)
+        for i, (name, cuts) in enumerate(sorted(used.items()))
+    }
+    weights = {n: stage.data[n] for n in used}
+    if len(augmented) == 1 and stage.num_cuts is None:  # a single source: one plain pass, no resampling
+        from lhotse import CutSet
+        from lhotse.lazy import LazyMapper
+
+        ((name, cuts),) = augmented.items()
+        return CutSet(LazyMapper(cuts, fn=_SourceTagger(name)))
+    return mix_sources(augmented, weights, seed=seed, num_cuts=stage.num_cuts, tag_key=MIX_SOURCE_KEY)
+
+
+class _SourceTagger:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, cut):
+        from synthasr.data.mixing import tag_cut
+
+        return tag_cut(cut, MIX_SOURCE_KEY, self.name)
+
+
+def _assets(plan: _Plan, stage: StageConfig):
+    from synthasr.augment import make_noise, make_rirs
+    from synthasr.augment.noise import ETW_NOISE_GLOB
+
+    a = plan.cfg.base.assets
+    needs_noise = any(c.noise_prob > 0 for c in stage.augment.values())
+    needs_rirs = any(c.reverb_prob > 0 for c in stage.augment.values())
+    noise = rirs = None
+    if needs_noise:
+        babble = plan.sources[a.babble_source] if a.babble_source else None
+        noise = make_noise(plan.exp_dir / "assets" / "noise", a.num_noises, seed=a.seed, babble_from=babble,
+                           duration=a.noise_duration, real_noise_glob=ETW_NOISE_GLOB if a.real_noise else None)
+    if needs_rirs:
+        rirs = make_rirs(plan.exp_dir / "assets" / "rirs", a.num_rirs, seed=a.seed)
+    return noise, rirs
+
+
+def _make_regularizer(plan: _Plan, stage: StageConfig, index: int, model, init_ckpt: Optional[Path], train_cfg):
+    """EWC / online EWC / L2-SP anchored at the stage's initial weights (computed before freezing)."""
+    from synthasr.train.regularization import EWC, L2SP, consolidate_fisher, fisher_cached, load_fisher, save_fisher, snapshot
+
+    reg = stage.regularization
+    if reg.type == "none":
+        return None
+    anchor = snapshot(model)
+    if reg.type == "l2sp":
+        return L2SP(model, anchor, reg.lambda_)
+    fisher_path = init_ckpt.parent / ("fisher.pt" if init_ckpt.name == "final.pt" else f"{init_ckpt.stem}.fisher.pt")
+    meta = {"checkpoint": init_ckpt.name, "source": reg.fisher_source, "batches": reg.fisher_batches,
+            "max_duration": reg.fisher_max_duration or train_cfg.data.max_duration}
+    fisher = fisher_cached(fisher_path, lambda: _compute_fisher(plan, reg, model, train_cfg), meta)
+    if reg.type == "online_ewc":
+        stage_dir = plan.exp_dir / stage.name
+        online_path = stage_dir / "fisher_online.pt"
+        if online_path.is_file():  # resumed stage: reuse exactly what it trained with
+            fisher, _ = load_fisher(online_path)
+        else:
+            prev = _previous_online_fisher(plan, index)
+            fisher = consolidate_fisher(prev, fisher, reg.gamma)
+            save_fisher(online_path, fisher, {"gamma": reg.gamma, **meta})
+    return EWC(model, anchor, fisher, reg.lambda_)
+
+
+def _previous_online_fisher(plan: _Plan, index: int):
+    from synthasr.train.regularization import load_fisher
+
+    for prev in reversed(plan.cfg.stages[:index]):
+        path = plan.exp_dir / prev.name / "fisher_online.pt"
+        if path.is_file():
+            return load_fisher(path)[0]
+    return None
+
+
+def _compute_fisher(plan: _Plan, reg: RegularizationConfig, model, train_cfg):
+    import torch
+
+    from synthasr.data.dataset import dev_loader
+    from synthasr.train.regularization import estimate_fisher, rnnt_frame_loss
+
+    device = torch.device("cuda" if train_cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+    model.to(device)
+    loader = dev_loader(plan.sources[reg.fisher_source], train_cfg.features,
+                        reg.fisher_max_duration or train_cfg.data.max_duration)
+    fisher = estimate_fisher(model, loader, rnnt_frame_loss(plan.tokenizer, train_cfg.loss), reg.fisher_batches)
+    model.to("cpu")
+    return fisher
+
+
+def _evaluate_stage(plan: _Plan, stage: StageConfig, index: int, final: Path) -> Dict[str, Dict[str, Any]]:
+    import torch
+
+    from synthasr.checkpoint import load_checkpoint
+    from synthasr.decode.evaluate import evaluate  # the package attr is shadowed by the submodule
+    from synthasr.model import build_model
+
+    dec = plan.cfg.base.decode
+    device = "cuda" if dec.device == "cuda" or (dec.device == "auto" and torch.cuda.is_available()) else "cpu"
+    ckpt = load_checkpoint(final)
+    model = build_model(ckpt["model_config"])
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    names = stage.eval if stage.eval is not None else list(plan.eval_sets)
+    results: Dict[str, Dict[str, Any]] = {}
+    stage_dir = plan.exp_dir / stage.name
+    for name in names:
+        wer = evaluate(model, plan.tokenizer, plan.eval_sets[name], out_dir=stage_dir / "decode", test_set_name=name,
+                       method=dec.method, beam_size=dec.beam_size, device=device, max_duration=dec.max_duration,
+                       feature_config=ckpt.get("feature_config") or None)
+        results[name] = {
+            "wer": float(wer.wer), "cer": float(wer.cer), "domain": plan.eval_domains[name],
+            "num_utts": len(wer.utts), "ref_words": int(wer.word.ref_words), "errors": int(wer.word.errors),
+            "ins": int(wer.word.ins), "dels": int(wer.word.dels), "subs": int(wer.word.subs),
+        }
+    with atomic_write(stage_dir / "eval.json") as f:
+        json.dump({"stage": stage.name, "index": index, "checkpoint": str(final), "results": results}, f, indent=2)
+    return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """``python -m synthasr.train.schedule SCHEDULE.yaml [--exp-dir DIR] [--stage NAME ...]``."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("schedule")
+    parser.add_argument("--exp-dir", default=None)
+    parser.add_argument("--stage", action="append", default=None, help="run only these stages (repeatable)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = run_schedule(args.schedule, exp_dir=args.exp_dir, stages=args.stage)
+    except (ScheduleError, ConfigError) as e:
+        sys.exit(f"error: {e}")
+    print(f"done: {len(result.stages)} stage(s) in {result.exp_dir}")
+
+
+if __name__ == "__main__":
+    main()

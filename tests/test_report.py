@@ -1,0 +1,137 @@
+"""Forgetting report: hand-made WERs -> asserted relative changes, BWT, files, CLI, ablation table."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from synthasr.report import (
+    ReportError,
+    ablation_table,
+    build_report,
+    collect_stage_evals,
+    render_markdown,
+    write_report,
+)
+
+
+def _eval(stage, index, gen_dev, gen_test, med_test, names=None):
+    res = {
+        "general_dev": {"wer": gen_dev, "cer": gen_dev / 2, "domain": "general"},
+        "general_test": {"wer": gen_test, "cer": gen_test / 2, "domain": "general"},
+        "medication_test": {"wer": med_test, "cer": med_test / 2, "domain": "medication"},
+    }
+    if names is not None:
+        res["unseen_names"] = {"wer": names, "cer": names / 2, "domain": "medication"}
+    return {"stage": stage, "index": index, "checkpoint": f"/x/{stage}/final.pt", "results": res}
+
+
+EVALS = [
+    _eval("baseline", 0, 10.0, 12.0, 60.0, names=80.0),
+    _eval("adapt", 1, 11.0, 14.0, 20.0, names=40.0),
+    _eval("consolidate", 2, 10.0, 11.0, 18.0, names=36.0),
+]
+
+
+def _write_evals(exp_dir, evals):
+    for e in evals:
+        d = exp_dir / e["stage"]
+        d.mkdir(parents=True)
+        (d / "eval.json").write_text(json.dumps(e))
+
+
+def test_relative_changes_and_backward_transfer():
+    rep = build_report(EVALS)
+    assert rep["baseline"] == "baseline"
+    assert rep["eval_sets"] == {
+        "general_dev": "general", "general_test": "general", "medication_test": "medication", "unseen_names": "medication",
+    }
+    assert rep["relative_wer"]["adapt"]["medication_test"] == pytest.approx(-66.6667, abs=1e-3)
+    assert rep["relative_wer"]["adapt"]["general_test"] == pytest.approx(100 * 2 / 12)
+    assert rep["relative_wer"]["baseline"]["general_dev"] == 0.0
+    assert rep["backward_transfer"]["adapt"] == pytest.approx(1.5)  # mean(+1, +2)
+    assert rep["backward_transfer"]["consolidate"] == pytest.approx(-0.5)  # mean(0, -1)
+    assert rep["backward_transfer_relative"]["adapt"] == pytest.approx((10.0 + 100 * 2 / 12) / 2)
+    assert rep["domain_wer"]["adapt"] == {"general": 12.5, "medication": 30.0}
+    assert rep["cer"]["consolidate"]["general_test"] == 5.5
+
+
+def test_named_baseline_and_missing_sets():
+    evals = EVALS[:2] + [_eval("late", 2, 9.0, 12.0, 30.0)]  # no unseen_names for "late"
+    rep = build_report(evals, baseline="adapt")
+    assert rep["relative_wer"]["baseline"]["medication_test"] == pytest.approx(200.0)
+    assert rep["wer"]["late"]["unseen_names"] is None
+    assert rep["relative_wer"]["late"]["unseen_names"] is None
+    assert rep["backward_transfer"]["late"] == pytest.approx(-2.0)  # mean(9-11, 12-14)
+    assert "| late | 9.00 | 12.00 | 30.00 | – |" in render_markdown(rep)
+    with pytest.raises(ReportError, match="baseline stage 'nope'"):
+        build_report(evals, baseline="nope")
+
+
+def test_write_report_files(tmp_path):
+    _write_evals(tmp_path, list(reversed(EVALS)))
+    assert [e["stage"] for e in collect_stage_evals(tmp_path)] == ["baseline", "adapt", "consolidate"]
+    rep = write_report(tmp_path)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved == json.loads(json.dumps(rep))
+    md = (tmp_path / "report.md").read_text()
+    assert "| adapt | +10.0 | +16.7 | -66.7 | -50.0 |" in md
+    assert "| adapt | +1.50 | +13.3 |" in md
+    png = (tmp_path / "report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    events = list((tmp_path / "tensorboard-report").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    write_report(tmp_path)  # regenerating replaces, never accumulates
+    assert len(list((tmp_path / "tensorboard-report").glob("events.out.tfevents.*"))) == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_tensorboard_scalars_values(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _write_evals(tmp_path, EVALS)
+    write_report(tmp_path, plot=False)
+    acc = EventAccumulator(str(tmp_path / "tensorboard-report"))
+    acc.Reload()
+    assert [round(e.value, 3) for e in acc.Scalars("wer/medication_test")] == [60.0, 20.0, 18.0]
+    assert [round(e.value, 3) for e in acc.Scalars("backward_transfer")] == [0.0, 1.5, -0.5]
+
+
+def test_no_evals_is_an_error(tmp_path):
+    with pytest.raises(ReportError, match="no \\*/eval.json"):
+        collect_stage_evals(tmp_path)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "eval.json").write_text("{broken")
+    with pytest.raises(ReportError, match="unreadable"):
+        collect_stage_evals(tmp_path)
+
+
+def test_ablation_table_values():
+    a = build_report([_eval("base", 0, 10.0, 12.0, 60.0)])
+    f = build_report([_eval("base", 0, 10.0, 12.0, 60.0), _eval("full", 1, 10.0, 11.0, 18.0)])
+    e = build_report([_eval("base", 0, 10.0, 12.0, 60.0), _eval("ft", 1, 14.0, 16.0, 15.0)])
+    table = ablation_table({"(a) baseline": a, "(e) fine-tune": e, "(f) full": f})
+    lines = table.strip().splitlines()
+    assert lines[0] == "| system | general_dev | general_test | medication_test | WERR medication (%) | Δ general WER |"
+    assert lines[2] == "| (a) baseline | 10.00 | 12.00 | 60.00 | 0.0 | +0.00 |"
+    assert lines[3] == "| (e) fine-tune | 14.00 | 16.00 | 15.00 | 75.0 | +4.00 |"
+    assert lines[4] == "| (f) full | 10.00 | 11.00 | 18.00 | 70.0 | -0.50 |"
+    with pytest.raises(ReportError, match="reference"):
+        ablation_table({"x": a}, reference="y")
+
+
+def test_cli_regenerates_and_renders_ablations(tmp_path):
+    from synthasr.cli import cli
+
+    exp = tmp_path / "exp"
+    _write_evals(exp, EVALS)
+    runner = CliRunner()
+    out = runner.invoke(cli, ["report", "--exp-dir", str(exp), "--no-tensorboard", "--baseline", "adapt"])
+    assert out.exit_code == 0, out.output
+    assert json.loads((exp / "report.json").read_text())["baseline"] == "adapt"
+    out = runner.invoke(cli, ["report", "--ablation", f"(a)={exp}", "--ablation", f"(b)={exp}"])
+    assert out.exit_code == 0, out.output
+    assert "| (b) | 10.00 | 11.00 | 18.00 | 36.00 |" in out.output
+    bad = runner.invoke(cli, ["report", "--exp-dir", str(tmp_path / "empty")])
+    assert bad.exit_code != 0 and "no */eval.json" in bad.output
