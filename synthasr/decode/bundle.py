@@ -1,0 +1,302 @@
+"""``ASRBundle``: everything needed to turn audio into text, loaded from one checkpoint.
+
+In the spirit of torchaudio's pipeline bundles: the checkpoint carries the weights, the model config,
+the feature config and the tokenizer, so ``ASRBundle.from_checkpoint(path).transcribe("a.wav")`` needs
+nothing else. Audio of any sample rate and channel count is accepted (downmixed to mono, resampled
+with ``scipy.signal.resample_poly``); long audio is cut into equal chunks of at most ``chunk_seconds``
+and the chunk texts are joined.
+
+Error policy: for ONE input (a path, array or tensor) unreadable/corrupt/empty audio raises
+:class:`AudioError` (one line, naming the file). For a LIST of inputs each bad item is reported with a
+warning naming it and its result is ``None``; the other items are still decoded. Audio too short to
+yield a single encoder frame (< ~70 ms, including zero-length arrays) decodes to ``""``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from synthasr.checkpoint import CheckpointError, load_checkpoint, tokenizer_proto
+from synthasr.data.features import FeatureConfig, make_extractor
+
+log = logging.getLogger(__name__)
+
+AudioInput = Union[str, os.PathLike, np.ndarray, torch.Tensor]
+METHODS = ("greedy_search", "modified_beam_search")
+_MIN_FRAMES = 7  # synthasr.model.encoder.MIN_INPUT_FRAMES
+
+
+class AudioError(ValueError):
+    """An audio input cannot be read or is empty; the message names it."""
+
+
+@dataclass
+class _Chunk:
+    item: int  # index of the input it belongs to
+    position: int  # chunk number inside that input
+    features: torch.Tensor  # (T, F)
+
+
+class ASRBundle:
+    """Model + tokenizer + feature extractor from one checkpoint; see :meth:`transcribe`."""
+
+    def __init__(self, model, tokenizer, feature_config: FeatureConfig, device: Union[str, torch.device] = "cpu",
+                 source: str = "<memory>") -> None:
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.feature_config = feature_config
+        self.feature_extractor = make_extractor(feature_config)
+        self.device = torch.device(device)
+        self.source = source
+
+    # -- loading ----------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
+                        num_threads: Optional[int] = None) -> "ASRBundle":
+        """Load a SynthASR checkpoint; :class:`CheckpointError` (one line) if it is inconsistent."""
+        from synthasr.config import ConfigError, from_dict
+        from synthasr.model import ModelConfig, build_model
+        from synthasr.tokenizer import Tokenizer
+
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        ckpt = load_checkpoint(path)
+        try:
+            model_cfg = ModelConfig.from_any(ckpt["model_config"]).resolved()
+            feature_cfg = from_dict(FeatureConfig, dict(ckpt.get("feature_config") or {}), where="feature_config")
+        except ConfigError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        proto = tokenizer_proto(ckpt)
+        if proto is None:
+            raise CheckpointError(f"{path}: checkpoint has no embedded tokenizer")
+        try:
+            tokenizer = Tokenizer.from_bytes(proto, source=str(path))
+        except Exception as e:  # sentencepiece raises plain RuntimeError/OSError on a bad proto
+            raise CheckpointError(f"{path}: embedded tokenizer is unreadable: {str(e).splitlines()[0]}") from None
+        if tokenizer.vocab_size != model_cfg.vocab_size:
+            raise CheckpointError(
+                f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model was built for "
+                f"vocab_size={model_cfg.vocab_size}")
+        model = build_model(model_cfg)
+        check_state_dict(model.state_dict(), ckpt["model"], str(path))
+        model.load_state_dict(ckpt["model"], strict=True)
+        return cls(model, tokenizer, feature_cfg, device=device, source=str(path))
+
+    # -- decoding ---------------------------------------------------------------------------------
+    def transcribe(self, audio: Union[AudioInput, Sequence[AudioInput]], sample_rate: Optional[int] = None,
+                   method: str = "greedy_search", beam_size: int = 4,
+                   hotwords: Optional[Sequence[Union[str, Tuple[str, float]]]] = None,
+                   hotword_score: float = 1.5, chunk_seconds: float = 30.0, batch_size: int = 8,
+                   progress: bool = False, context_graph=None) -> Union[str, List[Optional[str]]]:
+        """Text for one input (str) or for a list of inputs (list; ``None`` for unreadable items).
+
+        ``sample_rate`` is required for arrays/tensors and ignored for files. ``hotwords`` (phrases,
+        ``"phrase:score"`` strings or ``(phrase, score)`` pairs) switch on contextual biasing, which
+        needs ``method="modified_beam_search"`` (it is selected automatically when hotwords are given).
+        A prebuilt ``context_graph`` (see :meth:`context_graph`) may be passed instead of ``hotwords``.
+        """
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if chunk_seconds <= 0:
+            raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
+        if context_graph is None and hotwords:
+            context_graph = self.context_graph(hotwords, hotword_score)
+        if context_graph is not None:
+            method = "modified_beam_search"
+        single = not isinstance(audio, (list, tuple))
+        items = [audio] if single else list(audio)
+
+        chunks: List[_Chunk] = []
+        failed: Dict[int, str] = {}
+        for i, item in enumerate(items):
+            try:
+                samples = self.load_audio(item, sample_rate)
+            except AudioError as e:
+                if single:
+                    raise
+                failed[i] = str(e)
+                warnings.warn(str(e), stacklevel=2)
+                log.warning("%s", e)
+                continue
+            chunks.extend(self._chunk_features(i, samples, chunk_seconds))
+
+        texts = self._decode_chunks(chunks, method, beam_size, context_graph, batch_size, progress)
+        results: List[Optional[str]] = []
+        for i in range(len(items)):
+            if i in failed:
+                results.append(None)
+                continue
+            pieces = [texts[(i, c.position)] for c in chunks if c.item == i]
+            results.append(" ".join(p for p in pieces if p))
+        return results[0] if single else results
+
+    def context_graph(self, hotwords, hotword_score: float = 1.5):
+        """A :class:`ContextGraph` for ``hotwords`` with this bundle's tokenizer (None when empty)."""
+        from synthasr.decode.context_graph import ContextGraph
+
+        return ContextGraph.from_phrases(list(hotwords or []), self.tokenizer, score=hotword_score)
+
+    def load_audio(self, item: AudioInput, sample_rate: Optional[int] = None) -> np.ndarray:
+        """Mono float32 samples at the model's sampling rate (see :func:`load_audio`)."""
+        return load_audio(item, self.feature_config.sampling_rate, sample_rate)
+
+    def _chunk_features(self, item: int, samples: np.ndarray, chunk_seconds: float) -> List[_Chunk]:
+        rate = self.feature_config.sampling_rate
+        max_len = max(1, int(round(chunk_seconds * rate)))
+        num_chunks = max(1, math.ceil(len(samples) / max_len))
+        size = math.ceil(len(samples) / num_chunks) if len(samples) else 0
+        out = []
+        for c in range(num_chunks):
+            piece = samples[c * size: (c + 1) * size]
+            out.append(_Chunk(item, c, self._features(piece)))
+        return out
+
+    def _features(self, samples: np.ndarray) -> torch.Tensor:
+        rate = self.feature_config.sampling_rate
+        frame_length = int(self.feature_config.frame_length * rate)
+        if len(samples) < frame_length:
+            return torch.zeros(0, self.feature_config.num_mel_bins)
+        feats = self.feature_extractor.extract(samples.astype(np.float32), sampling_rate=rate)
+        return torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
+
+    @torch.inference_mode()
+    def _decode_chunks(self, chunks: List[_Chunk], method: str, beam_size: int, context_graph,
+                       batch_size: int, progress: bool) -> Dict[Tuple[int, int], str]:
+        from tqdm import tqdm
+
+        from synthasr.decode.search import greedy_search, modified_beam_search
+
+        texts = {(c.item, c.position): "" for c in chunks}
+        usable = sorted((c for c in chunks if c.features.size(0) >= _MIN_FRAMES),
+                        key=lambda c: c.features.size(0), reverse=True)
+        batches = [usable[i: i + batch_size] for i in range(0, len(usable), batch_size)]
+        for batch in tqdm(batches, desc="decode", disable=not progress, unit="batch"):
+            lens = torch.tensor([c.features.size(0) for c in batch])
+            x = torch.nn.utils.rnn.pad_sequence([c.features for c in batch], batch_first=True)
+            enc, enc_lens = self.model.encode(x.to(self.device), lens.to(self.device))
+            if method == "greedy_search":
+                hyps = greedy_search(self.model, enc, enc_lens)
+            else:
+                hyps = modified_beam_search(self.model, enc, enc_lens, beam_size=beam_size,
+                                            context_graph=context_graph)
+            for c, text in zip(batch, self.tokenizer.decode(hyps)):
+                texts[(c.item, c.position)] = text
+        return texts
+
+
+def check_state_dict(expected: Dict[str, torch.Tensor], found: Dict[str, Any], where: str) -> None:
+    """Raise CheckpointError naming the first missing/unexpected key or shape mismatch."""
+    for key, tensor in expected.items():
+        if key not in found:
+            raise CheckpointError(f"{where}: weights do not match model_config: missing key {key}")
+        got = tuple(getattr(found[key], "shape", ()))
+        if got != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{where}: weights do not match model_config: {key} has shape {list(got)}, "
+                f"config expects {list(tensor.shape)}")
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        raise CheckpointError(f"{where}: weights do not match model_config: unexpected key {extra[0]}")
+
+
+def load_audio(item: AudioInput, target_rate: int, sample_rate: Optional[int] = None) -> np.ndarray:
+    """Read a file (any format soundfile knows) or take an array/tensor; return mono float32 at
+    ``target_rate``. Arrays may be (samples,), (channels, samples) or (samples, channels): the
+    smaller axis is taken as channels."""
+    if isinstance(item, (str, os.PathLike)):
+        samples, rate = _read_file(Path(item))
+        name = str(item)
+    else:
+        if sample_rate is None:
+            raise AudioError("sample_rate= is required when passing audio as an array or tensor")
+        array = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
+        samples, rate, name = _to_mono(array.astype(np.float32, copy=False), "<array>"), int(sample_rate), "<array>"
+    if not np.all(np.isfinite(samples)):
+        raise AudioError(f"{name}: audio contains NaN or infinite samples")
+    return resample(samples, rate, target_rate)
+
+
+def _read_file(path: Path) -> Tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    if not path.is_file():
+        raise AudioError(f"{path}: audio file not found")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: audio file is empty (0 bytes)")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises LibsndfileError/RuntimeError/TypeError by format
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AudioError(f"{path}: cannot read audio: {first}") from None
+    return data.mean(axis=1).astype(np.float32), int(rate)
+
+
+def _to_mono(array: np.ndarray, name: str) -> np.ndarray:
+    if array.ndim == 1:
+        return array
+    if array.ndim != 2:
+        raise AudioError(f"{name}: expected 1-D or 2-D audio, got shape {list(array.shape)}")
+    channel_axis = 0 if array.shape[0] <= array.shape[1] else 1
+    return array.mean(axis=channel_axis).astype(np.float32)
+
+
+def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    """Polyphase resampling (scipy), exact for any integer rate pair."""
+    if rate <= 0:
+        raise AudioError(f"invalid sample rate {rate}")
+    if rate == target_rate or len(samples) == 0:
+        return samples.astype(np.float32, copy=False)
+    from scipy.signal import resample_poly
+
+    g = math.gcd(rate, target_rate)
+    return resample_poly(samples, target_rate // g, rate // g).astype(np.float32)
+
+
+# -- module-level convenience with a small cache ------------------------------------------------
+_CACHE: "OrderedDict[Tuple[str, int, str], ASRBundle]" = OrderedDict()
+_CACHE_SIZE = 4
+_CACHE_LOCK = threading.Lock()
+
+
+def load_model(path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
+               num_threads: Optional[int] = None) -> ASRBundle:
+    """Cached :meth:`ASRBundle.from_checkpoint`: keyed by resolved path + mtime, so a rewritten
+    checkpoint is reloaded and repeated ``decode()`` calls are cheap."""
+    resolved = Path(path).resolve()
+    if not resolved.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    key = (str(resolved), resolved.stat().st_mtime_ns, str(torch.device(device)))
+    with _CACHE_LOCK:
+        bundle = _CACHE.get(key)
+        if bundle is not None:
+            _CACHE.move_to_end(key)
+            return bundle
+    bundle = ASRBundle.from_checkpoint(resolved, device=device)
+    with _CACHE_LOCK:
+        _CACHE[key] = bundle
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return bundle
+
+
+def decode(audio: Union[AudioInput, Sequence[AudioInput]], model: Union[str, os.PathLike, ASRBundle],
+           method: str = "greedy_search", beam_size: int = 4, sample_rate: Optional[int] = None,
+           hotwords: Optional[Sequence[str]] = None, hotword_score: float = 1.5, chunk_seconds: float = 30.0,
+           device: Union[str, torch.device] = "cpu", num_threads: Optional[int] = None
+           ) -> Union[str, List[Optional[str]]]:
+    """Transcribe ``audio`` with a checkpoint path (cached) or a loaded bundle."""
+    bundle = model if isinstance(model, ASRBundle) else load_model(model, device=device, num_threads=num_threads)
+    return bundle.transcribe(audio, sample_rate=sample_rate, method=method, beam_size=beam_size,
+                             hotwords=hotwords, hotword_score=hotword_score, chunk_seconds=chunk_seconds)

@@ -1,0 +1,192 @@
+"""Hotword (contextual) biasing: an Aho-Corasick automaton over BPE token sequences.
+
+Each arc of the trie carries a per-token boost (``score``; a phrase may override it). A hypothesis'
+automaton state is the longest suffix of its token sequence that is a prefix of some phrase, as in
+Aho-Corasick; failure arcs move between such states and output links find the phrases that end at
+a state without being it.
+
+Score bookkeeping (what makes partial matches cancel cleanly). Let ``node_score(s)`` be the sum of
+arc boosts from the root to state ``s`` and ``output_score(s)`` the sum of the full scores of all
+phrases ending at ``s`` (``s`` itself if it ends a phrase, plus its output-link chain). A step
+``s --token--> s'`` is worth::
+
+    node_score(s') - node_score(s) + output_score(s')
+
+so after any token sequence the total boost is exactly::
+
+    sum(score of every phrase occurrence completed so far) + node_score(current state)
+
+i.e. tokens of an unfinished match are boosted while the match grows, the boost is taken back the
+moment the match fails (the failure arc lands on a shallower state), and ``finalize`` takes back the
+``node_score`` still pending when decoding ends. A large ``score`` therefore cannot "win" by half-
+matching a phrase and deleting the rest of the utterance: the half match is worth nothing in the end.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+DEFAULT_HOTWORD_SCORE = 1.5
+
+
+class HotwordError(ValueError):
+    """A hotword phrase cannot be biased for (not normalizable, or outside the tokenizer)."""
+
+
+@dataclass(eq=False)
+class ContextState:
+    """One automaton state (a trie node)."""
+
+    id: int
+    token: int  # token on the arc into this node; -1 for the root
+    depth: int
+    token_score: float  # boost of the arc into this node
+    node_score: float  # sum of arc boosts from the root
+    is_end: bool = False
+    phrase: Optional[str] = None  # the phrase ending here, when is_end
+    output_score: float = 0.0
+    next: Dict[int, "ContextState"] = field(default_factory=dict)
+    fail: Optional["ContextState"] = None
+    output: Optional["ContextState"] = None  # nearest proper suffix state that ends a phrase
+
+    def __repr__(self) -> str:
+        return f"ContextState(id={self.id}, token={self.token}, depth={self.depth}, node_score={self.node_score})"
+
+
+class ContextGraph:
+    """Aho-Corasick automaton over token-id sequences, with per-token boosts."""
+
+    def __init__(self, token_ids: Sequence[Sequence[int]], scores: Optional[Sequence[float]] = None,
+                 phrases: Optional[Sequence[str]] = None, default_score: float = DEFAULT_HOTWORD_SCORE) -> None:
+        if scores is not None and len(scores) != len(token_ids):
+            raise ValueError(f"{len(scores)} scores for {len(token_ids)} phrases")
+        self.default_score = default_score
+        self.root = ContextState(id=0, token=-1, depth=0, token_score=0.0, node_score=0.0)
+        self.root.fail = self.root
+        self.states: List[ContextState] = [self.root]
+        for i, ids in enumerate(token_ids):
+            if not ids:
+                raise HotwordError(f"hotword {i + 1} has no tokens")
+            score = default_score if scores is None or scores[i] is None else float(scores[i])
+            self._insert(list(ids), score, phrases[i] if phrases is not None else None)
+        self._link_failures()
+
+    # -- construction ---------------------------------------------------------------------------
+    def _insert(self, ids: List[int], score: float, phrase: Optional[str]) -> None:
+        node = self.root
+        for token in ids:
+            child = node.next.get(token)
+            if child is None:
+                child = ContextState(id=len(self.states), token=token, depth=node.depth + 1,
+                                     token_score=score, node_score=node.node_score + score)
+                node.next[token] = child
+                self.states.append(child)
+            elif score > child.token_score:
+                # Shared prefix with different per-phrase scores: the arc keeps the larger boost.
+                self._raise_arc_score(child, score - child.token_score)
+            node = child
+        node.is_end = True
+        node.phrase = phrase if node.phrase is None else node.phrase
+
+    def _raise_arc_score(self, node: ContextState, delta: float) -> None:
+        node.token_score += delta
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            n.node_score += delta
+            stack.extend(n.next.values())
+
+    def _link_failures(self) -> None:
+        """Breadth-first: fail(child) = deepest proper suffix state; output = nearest ending suffix."""
+        queue = deque()
+        for child in self.root.next.values():
+            child.fail = self.root
+            queue.append(child)
+        while queue:
+            node = queue.popleft()
+            for token, child in node.next.items():
+                fallback = node.fail
+                while token not in fallback.next and fallback is not self.root:
+                    fallback = fallback.fail
+                child.fail = fallback.next[token] if token in fallback.next and fallback.next[token] is not child \
+                    else self.root
+                queue.append(child)
+        # Outputs after all failure arcs exist (BFS order guarantees fail targets are shallower).
+        for node in sorted(self.states[1:], key=lambda n: n.depth):
+            f = node.fail
+            node.output = f if f.is_end else f.output
+            node.output_score = (node.node_score if node.is_end else 0.0) + (
+                node.output.output_score if node.output is not None else 0.0)
+
+    # -- use in decoding ------------------------------------------------------------------------
+    def forward_one_step(self, state: ContextState, token: int) -> Tuple[float, ContextState]:
+        """Boost for emitting ``token`` in ``state`` and the next state (see module docstring)."""
+        node = state
+        while token not in node.next and node is not self.root:
+            node = node.fail
+        new_state = node.next.get(token, self.root)
+        return new_state.node_score - state.node_score + new_state.output_score, new_state
+
+    def finalize(self, state: ContextState) -> float:
+        """Score to add at the end of decoding: cancels the unfinished (pending) partial match."""
+        return -state.node_score
+
+    def matched_phrases(self, state: ContextState) -> List[str]:
+        """Phrases that end at ``state`` (for debugging / logging)."""
+        out = []
+        node: Optional[ContextState] = state if state.is_end else state.output
+        while node is not None:
+            out.append(node.phrase if node.phrase is not None else str(node.id))
+            node = node.output
+        return out
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    # -- from text -------------------------------------------------------------------------------
+    @classmethod
+    def from_phrases(cls, hotwords: Sequence[Union[str, Tuple[str, float]]], tokenizer,
+                     score: float = DEFAULT_HOTWORD_SCORE) -> Optional["ContextGraph"]:
+        """Normalize and BPE-encode ``hotwords`` (strings, or ``(phrase, score)`` pairs; a string may
+        also be ``"phrase:score"``). Returns None for an empty list (no biasing)."""
+        from synthasr.text import NormalizationError, normalize
+
+        phrases, scores = [], []
+        for item in hotwords:
+            phrase, phrase_score = parse_hotword(item) if isinstance(item, str) else (item[0], float(item[1]))
+            try:
+                text = normalize(phrase)
+            except NormalizationError as e:
+                raise HotwordError(f"hotword {phrase!r}: {e}") from None
+            if not text:
+                raise HotwordError(f"hotword {phrase!r}: nothing left after normalization")
+            phrases.append(text)
+            scores.append(phrase_score)
+        if not phrases:
+            return None
+        token_ids = tokenizer.encode(phrases)
+        unk = tokenizer.unk_id
+        for phrase, ids in zip(phrases, token_ids):
+            if not ids or unk in ids:
+                raise HotwordError(f"hotword {phrase!r}: contains characters the model's tokenizer does not know")
+        return cls(token_ids, scores, phrases=phrases, default_score=score)
+
+
+def parse_hotword(item: str) -> Tuple[str, Optional[float]]:
+    """``"amoxicillin"`` -> (amoxicillin, None); ``"amoxicillin:3.0"`` -> (amoxicillin, 3.0)."""
+    phrase, sep, tail = item.rpartition(":")
+    if sep:
+        try:
+            return phrase.strip(), float(tail)
+        except ValueError:
+            pass
+    return item.strip(), None
+
+
+def read_hotwords_file(path) -> List[str]:
+    """One hotword per line (``phrase`` or ``phrase:score``); blank lines and ``#`` comments skipped."""
+    from pathlib import Path
+
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]

@@ -1,0 +1,110 @@
+"""Decode a CutSet and score it, writing icefall-style result files.
+
+Batches come from lhotse (``SimpleCutSampler`` + ``K2SpeechRecognitionDataset``); features are
+the precomputed ones when the cuts have them, otherwise they are extracted on the fly with the same
+``make_extractor(feature_config)`` that training used. The dataset is called in-process (no
+DataLoader workers) so evaluation is deterministic and cheap to start.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class EvaluateError(ValueError):
+    """The cuts cannot be evaluated (empty set, missing transcripts...)."""
+
+
+def _cuts_have_features(cuts) -> bool:
+    for cut in cuts:
+        return bool(cut.has_features)
+    raise EvaluateError("evaluate: the CutSet is empty")
+
+
+def _make_dataset(cuts, feature_config):
+    from lhotse.dataset import K2SpeechRecognitionDataset, OnTheFlyFeatures, PrecomputedFeatures
+
+    from synthasr.data.features import FeatureConfig, make_extractor
+
+    if _cuts_have_features(cuts):
+        return cuts, K2SpeechRecognitionDataset(input_strategy=PrecomputedFeatures(), return_cuts=True)
+    cfg = feature_config if isinstance(feature_config, FeatureConfig) else FeatureConfig(**(feature_config or {}))
+    rate = cfg.sampling_rate
+    cuts = cuts.map(functools.partial(_resample_cut, rate=rate))
+    strategy = OnTheFlyFeatures(make_extractor(cfg))
+    return cuts, K2SpeechRecognitionDataset(input_strategy=strategy, return_cuts=True)
+
+
+def _resample_cut(cut, rate: int):
+    return cut if cut.sampling_rate == rate else cut.resample(rate)
+
+
+def _supervision_batch(batch: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor, List[str], List[str]]:
+    """Slice each supervision's frames out of the batch (one row per supervision)."""
+    inputs = batch["inputs"]
+    sup = batch["supervisions"]
+    rows, lens, ids, refs = [], [], [], []
+    for k, seq in enumerate(sup["sequence_idx"].tolist()):
+        start, num = int(sup["start_frame"][k]), int(sup["num_frames"][k])
+        rows.append(inputs[seq, start: start + num])
+        lens.append(num)
+        cut = sup["cut"][k]
+        ids.append(cut.id if len(cut.supervisions) <= 1 else f"{cut.id}-{k}")
+        refs.append(sup["text"][k] or "")
+    x = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+    return x, torch.tensor(lens, dtype=torch.int64), ids, refs
+
+
+@torch.inference_mode()
+def decode_cuts(model, tokenizer, cuts, method: str = "greedy_search", beam_size: int = 4,
+                device: Union[str, torch.device] = "cpu", max_duration: float = 300.0, feature_config=None,
+                context_graph=None, progress: bool = True) -> List[Tuple[str, str, str]]:
+    """(utt_id, reference, hypothesis) for every supervision of ``cuts``, in sampler order."""
+    from lhotse.dataset import SimpleCutSampler
+    from tqdm import tqdm
+
+    from synthasr.decode.search import greedy_search, modified_beam_search
+
+    if method not in ("greedy_search", "modified_beam_search"):
+        raise ValueError(f"method must be greedy_search or modified_beam_search, got {method!r}")
+    device = torch.device(device)
+    model = model.to(device).eval()
+    cuts, dataset = _make_dataset(cuts, feature_config)
+    # Input order, no bucketing: evaluation must not depend on a bucket-estimation pass, and the
+    # searches already sort each batch by length.
+    sampler = SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False)
+    results: List[Tuple[str, str, str]] = []
+    for cut_batch in tqdm(sampler, desc="evaluate", unit="batch", disable=not progress):
+        x, x_lens, ids, refs = _supervision_batch(dataset[cut_batch])
+        enc, enc_lens = model.encode(x.to(device), x_lens.to(device))
+        if method == "greedy_search":
+            hyps = greedy_search(model, enc, enc_lens)
+        else:
+            hyps = modified_beam_search(model, enc, enc_lens, beam_size=beam_size, context_graph=context_graph)
+        results.extend(zip(ids, refs, tokenizer.decode(hyps)))
+    return results
+
+
+def evaluate(model, tokenizer, cuts, out_dir: Union[str, Path], test_set_name: str, method: str = "greedy_search",
+             beam_size: int = 4, device: Union[str, torch.device] = "cpu", max_duration: float = 300.0,
+             feature_config=None, context_graph=None, suffix: Optional[str] = None):
+    """Decode ``cuts``, write ``recogs-*``, ``errs-*`` and ``wer-summary-*`` into ``out_dir`` and return
+    the :class:`synthasr.score.WerResult`. ``suffix`` defaults to the method (+ beam size)."""
+    from synthasr.score import compute_wer, write_results
+
+    results = decode_cuts(model, tokenizer, cuts, method=method, beam_size=beam_size, device=device,
+                          max_duration=max_duration, feature_config=feature_config, context_graph=context_graph)
+    if suffix is None:
+        suffix = method if method == "greedy_search" else f"{method}_beam_size_{beam_size}"
+        if context_graph is not None:
+            suffix += "_hotwords"
+    wer = compute_wer(results)
+    write_results(out_dir, test_set_name, suffix, wer)
+    log.info("%s %s: WER %.2f%% over %d utterances", test_set_name, suffix, wer.wer, len(results))
+    return wer

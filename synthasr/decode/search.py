@@ -1,0 +1,177 @@
+"""Transducer searches from encoder output: batched greedy and modified beam search.
+
+Both follow icefall's algorithms (at most one symbol per frame for modified beam search; greedy
+defaults to one as well). Utterances are sorted by length so the rows still active at frame t are a
+prefix of the batch; per frame the joiner runs once on all active rows/hypotheses and the prediction
+network runs only on the rows/hypotheses that emitted a symbol. Joiner inputs are projected once
+(``encoder_proj`` for the whole utterance, ``decoder_proj`` per new decoder output).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from synthasr.decode.context_graph import ContextGraph, ContextState
+
+
+def _sorted_order(encoder_out_lens: torch.Tensor) -> Tuple[torch.Tensor, List[int]]:
+    lens = encoder_out_lens.detach().cpu().clamp(min=0)
+    order = torch.argsort(lens, descending=True, stable=True)
+    return order, lens[order].tolist()
+
+
+def _active_count(sorted_lens: List[int], t: int) -> int:
+    n = 0
+    while n < len(sorted_lens) and sorted_lens[n] > t:
+        n += 1
+    return n
+
+
+def _unsort(results: List[List[int]], order: torch.Tensor) -> List[List[int]]:
+    out: List[List[int]] = [[] for _ in results]
+    for sorted_pos, original in enumerate(order.tolist()):
+        out[original] = results[sorted_pos]
+    return out
+
+
+@torch.inference_mode()
+def greedy_search(model, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor,
+                  max_sym_per_frame: int = 1) -> List[List[int]]:
+    """Batched greedy search; returns token ids (no blanks) per utterance, in input order."""
+    if max_sym_per_frame < 1:
+        raise ValueError(f"max_sym_per_frame must be >= 1, got {max_sym_per_frame}")
+    batch = encoder_out.size(0)
+    if batch == 0:
+        return []
+    order, sorted_lens = _sorted_order(encoder_out_lens)
+    decoder, joiner, blank = model.decoder, model.joiner, model.decoder.blank_id
+    enc_proj = joiner.encoder_proj(encoder_out.index_select(0, order.to(encoder_out.device)))
+    dec_out, state = decoder.start(batch, encoder_out.device)
+    dec_proj = joiner.decoder_proj(dec_out)
+    hyps: List[List[int]] = [[] for _ in range(batch)]
+
+    for t in range(sorted_lens[0] if sorted_lens else 0):
+        rows = torch.arange(_active_count(sorted_lens, t), device=encoder_out.device)
+        for _ in range(max_sym_per_frame):
+            logits = joiner(enc_proj[rows, t], dec_proj[rows], project_input=False)
+            tokens = logits.argmax(dim=-1)
+            emitted = tokens != blank
+            if not bool(emitted.any()):
+                break
+            rows, tokens = rows[emitted], tokens[emitted]
+            for r, k in zip(rows.tolist(), tokens.tolist()):
+                hyps[r].append(k)
+            out, sub_state = decoder.step(tokens, decoder.select_state(state, rows))
+            state = decoder.scatter_state(state, rows, sub_state)
+            dec_proj = dec_proj.index_copy(0, rows, joiner.decoder_proj(out))
+    return _unsort(hyps, order)
+
+
+@dataclass
+class _Hyp:
+    ys: Tuple[int, ...]
+    log_prob: torch.Tensor  # scalar: acoustic + LM-free score, plus context boosts granted so far
+    row: int  # row of this hypothesis in the frame's batched decoder state / projection
+    context_state: Optional[ContextState] = None
+
+
+@torch.inference_mode()
+def modified_beam_search(model, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, beam_size: int = 4,
+                         context_graph: Optional[ContextGraph] = None) -> List[List[int]]:
+    """Batched modified beam search (one symbol per frame, hypotheses with equal token sequences merged
+    by log-add). With ``context_graph`` each emitted token gets the graph's boost; partial phrase
+    matches are cancelled when they fail and at the end (``ContextGraph.finalize``)."""
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    batch = encoder_out.size(0)
+    if batch == 0:
+        return []
+    device = encoder_out.device
+    order, sorted_lens = _sorted_order(encoder_out_lens)
+    decoder, joiner, blank = model.decoder, model.joiner, model.decoder.blank_id
+    enc_proj = joiner.encoder_proj(encoder_out.index_select(0, order.to(device)))
+
+    dec_out, state = decoder.start(batch, device)
+    dec_proj = joiner.decoder_proj(dec_out)
+    start_ctx = context_graph.root if context_graph is not None else None
+    zero = torch.zeros((), device=device)
+    beams: List[List[_Hyp]] = [[_Hyp((), zero, row=b, context_state=start_ctx)] for b in range(batch)]
+
+    for t in range(sorted_lens[0] if sorted_lens else 0):
+        n_active = _active_count(sorted_lens, t)
+        active = beams[:n_active]
+        flat = [h for beam in active for h in beam]
+        rows = torch.tensor([h.row for h in flat], device=device)
+        counts = torch.tensor([len(beam) for beam in active], device=device)
+        enc_t = enc_proj[:n_active, t].repeat_interleave(counts, dim=0)
+        log_probs = joiner(enc_t, dec_proj.index_select(0, rows), project_input=False).log_softmax(dim=-1)
+        log_probs = log_probs + torch.stack([h.log_prob for h in flat]).unsqueeze(1)  # (H, V)
+        vocab = log_probs.size(1)
+
+        new_beams, parents, emit_tokens, emit_slots = [], [], [], []
+        offset = 0
+        for beam in active:
+            scores = log_probs[offset: offset + len(beam)].reshape(-1)
+            top_scores, top_idx = scores.topk(min(beam_size, scores.numel()))
+            merged: dict = {}
+            for score, idx in zip(top_scores, top_idx.tolist()):
+                parent = beam[idx // vocab]
+                token = idx % vocab
+                new_hyp = _extend(parent, token, score, blank, context_graph)
+                existing = merged.get(new_hyp.ys)
+                if existing is not None:
+                    existing.log_prob = torch.logaddexp(existing.log_prob, new_hyp.log_prob)
+                    continue
+                merged[new_hyp.ys] = new_hyp
+                parents.append(parent.row)
+                if token != blank:
+                    emit_tokens.append(token)
+                    emit_slots.append(len(parents) - 1)
+            new_beams.append(list(merged.values()))
+            offset += len(beam)
+
+        # Row i of the next frame's state is new hypothesis i; it inherits its parent's decoder state
+        # and emitting hypotheses take one decoder step. Finished utterances (a suffix of the sorted
+        # batch) keep their beams but need no rows any more.
+        parent_rows = torch.tensor(parents, device=device)
+        state = decoder.select_state(state, parent_rows)
+        dec_proj = dec_proj.index_select(0, parent_rows)
+        slot = 0
+        for beam in new_beams:
+            for h in beam:
+                h.row = slot
+                slot += 1
+        if emit_tokens:
+            slots = torch.tensor(emit_slots, device=device)
+            out, sub_state = decoder.step(torch.tensor(emit_tokens, device=device),
+                                          decoder.select_state(state, slots))
+            state = decoder.scatter_state(state, slots, sub_state)
+            dec_proj = dec_proj.index_copy(0, slots, joiner.decoder_proj(out))
+        beams = new_beams + beams[n_active:]
+
+    return _unsort([_best(beam, context_graph) for beam in beams], order)
+
+
+def _extend(parent: _Hyp, token: int, score: torch.Tensor, blank: int,
+            context_graph: Optional[ContextGraph]) -> _Hyp:
+    """Child of ``parent`` after emitting ``token`` (blank: same sequence) with total ``score``."""
+    if token == blank:
+        return _Hyp(parent.ys, score, row=-1, context_state=parent.context_state)
+    context_state = parent.context_state
+    if context_graph is not None:
+        boost, context_state = context_graph.forward_one_step(context_state, token)
+        score = score + boost
+    return _Hyp(parent.ys + (token,), score, row=-1, context_state=context_state)
+
+
+def _best(beam: Sequence[_Hyp], context_graph: Optional[ContextGraph]) -> List[int]:
+    """Highest-scoring hypothesis, after cancelling unfinished hotword matches."""
+    def final_score(h: _Hyp) -> float:
+        score = float(h.log_prob)
+        if context_graph is not None:
+            score += context_graph.finalize(h.context_state)
+        return score
+
+    return list(max(beam, key=final_score).ys)

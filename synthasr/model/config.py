@@ -1,0 +1,93 @@
+"""Model hyper-parameters: one dataclass, three size presets.
+
+A preset supplies defaults; any key written explicitly in YAML overrides it. Fields left ``None`` mean
+"take it from the preset" so that ``ModelConfig(preset="small", num_encoder_layers=8)`` is small with
+eight layers. :meth:`ModelConfig.resolved` returns the fully specified copy that a checkpoint stores.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+from synthasr.config import ConfigError
+
+# Sizes measured with synthasr.model.parameter_counts at vocab_size=500 (see docs in the report):
+# tiny 0.39 M (unit tests), small 4.81 M (CPU default), medium 27.8 M (GPU); simple-loss projections
+# included, which are training-only. ``small`` uses 64 subsampling channels: with d_model channels
+# the second 3x3 conv alone costs ~40% of CPU encoder time.
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "tiny": dict(encoder_dim=64, num_encoder_layers=2, num_heads=2, ff_dim=128, conv_kernel_size=7,
+                 decoder_dim=64, joiner_dim=64, dropout=0.0),
+    "small": dict(encoder_dim=144, num_encoder_layers=8, num_heads=4, ff_dim=576, conv_kernel_size=15,
+                  decoder_dim=256, joiner_dim=256, dropout=0.1, subsampling_channels=64),
+    "medium": dict(encoder_dim=288, num_encoder_layers=12, num_heads=8, ff_dim=1152, conv_kernel_size=31,
+                   decoder_dim=512, joiner_dim=512, dropout=0.1),
+}
+_FALLBACK = PRESETS["small"]
+
+
+@dataclass
+class ModelConfig:
+    """Conformer-transducer architecture; ``vocab_size`` is filled from the tokenizer."""
+
+    preset: Optional[str] = None
+    feature_dim: int = 80
+    encoder_dim: Optional[int] = None
+    num_encoder_layers: Optional[int] = None
+    num_heads: Optional[int] = None
+    ff_dim: Optional[int] = None
+    conv_kernel_size: Optional[int] = None
+    dropout: Optional[float] = None
+    subsampling_channels: Optional[int] = None
+    decoder_type: str = "stateless"
+    decoder_dim: Optional[int] = None
+    context_size: int = 2
+    lstm_layers: int = 1
+    joiner_dim: Optional[int] = None
+    vocab_size: int = 0
+
+    def validate(self) -> None:
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ConfigError(f"preset: expected one of {sorted(PRESETS)}, got {self.preset!r}")
+        if self.decoder_type not in ("stateless", "lstm"):
+            raise ConfigError(f"decoder_type: expected 'stateless' or 'lstm', got {self.decoder_type!r}")
+        if self.context_size < 1:
+            raise ConfigError(f"context_size: must be >= 1, got {self.context_size}")
+        if self.feature_dim < 7:
+            raise ConfigError(f"feature_dim: must be >= 7 for the x4 conv subsampling, got {self.feature_dim}")
+        if self.vocab_size < 0:
+            raise ConfigError(f"vocab_size: must be >= 0, got {self.vocab_size}")
+        for name in ("encoder_dim", "num_encoder_layers", "num_heads", "ff_dim", "conv_kernel_size",
+                     "decoder_dim", "joiner_dim", "subsampling_channels", "lstm_layers"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name}: must be positive, got {value}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
+        if self.conv_kernel_size is not None and self.conv_kernel_size % 2 == 0:
+            raise ConfigError(f"conv_kernel_size: must be odd (symmetric padding), got {self.conv_kernel_size}")
+        if self.encoder_dim is not None and self.num_heads is not None and self.encoder_dim % self.num_heads:
+            raise ConfigError(f"encoder_dim ({self.encoder_dim}) must be divisible by num_heads ({self.num_heads})")
+
+    def resolved(self) -> "ModelConfig":
+        """Copy with every ``None`` filled from the preset (or the ``small`` sizes when no preset)."""
+        base = PRESETS[self.preset] if self.preset is not None else _FALLBACK
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for key, default in base.items():
+            if values.get(key) is None:
+                values[key] = default
+        if values["subsampling_channels"] is None:
+            values["subsampling_channels"] = values["encoder_dim"]
+        out = ModelConfig(**values)
+        out.validate()
+        return out
+
+    @classmethod
+    def from_any(cls, cfg: "ModelConfig | Dict[str, Any]") -> "ModelConfig":
+        """Accept a ModelConfig or its dict form (e.g. ``model_config`` from a checkpoint)."""
+        if isinstance(cfg, ModelConfig):
+            return cfg
+        from synthasr.config import from_dict
+
+        return from_dict(cls, dict(cfg), where="model_config")

@@ -1,0 +1,148 @@
+"""Hotword biasing: Aho-Corasick automaton, exact boost/cancellation values, and its effect in search."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from synthasr.decode.context_graph import ContextGraph, HotwordError, parse_hotword
+from synthasr.decode.search import greedy_search, modified_beam_search
+from synthasr.model.decoder import StatelessDecoder
+
+# Hand-made vocabulary: 1=a 2=b 3=c 4=d 5=e.  Phrases: "abc", "bc", "bd".
+PHRASES = [[1, 2, 3], [2, 3], [2, 4]]
+
+
+@pytest.fixture
+def graph():
+    return ContextGraph(PHRASES, default_score=1.0, phrases=["abc", "bc", "bd"])
+
+
+def _walk(graph, tokens):
+    state, total, steps = graph.root, 0.0, []
+    for tok in tokens:
+        score, state = graph.forward_one_step(state, tok)
+        steps.append(score)
+        total += score
+    return state, total, steps
+
+
+def test_trie_failure_arcs_and_output_links(graph):
+    s = graph.states
+    assert len(graph) == 7  # root, a, ab, abc, b, bc, bd
+    assert [(n.id, n.token, n.depth, n.node_score, n.is_end) for n in s] == [
+        (0, -1, 0, 0.0, False), (1, 1, 1, 1.0, False), (2, 2, 2, 2.0, False), (3, 3, 3, 3.0, True),
+        (4, 2, 1, 1.0, False), (5, 3, 2, 2.0, True), (6, 4, 2, 2.0, True)]
+    assert [n.fail.id for n in s[1:]] == [0, 4, 5, 0, 0, 0]  # ab -> b, abc -> bc
+    assert s[3].output is s[5] and s[2].output is None and s[5].output is None
+    assert s[3].output_score == 3.0 + 2.0  # abc itself + suffix bc
+    assert graph.matched_phrases(s[3]) == ["abc", "bc"]
+
+
+def test_boosts_and_cancellation_exact(graph):
+    # partial match "ab" then an unrelated token: everything given back
+    state, total, steps = _walk(graph, [1, 2, 7])
+    assert steps == [1.0, 1.0, -2.0] and total == 0.0 and state is graph.root
+    # "ab" then "d": the "a" part is cancelled, "bd" completes (2.0) and is still pending (2.0)
+    state, total, steps = _walk(graph, [1, 2, 4])
+    assert steps == [1.0, 1.0, 2.0 - 2.0 + 2.0] and total == 4.0
+    assert total + graph.finalize(state) == 2.0  # exactly the score of "bd"
+    # "abc" completes abc (3) and bc (2)
+    state, total, _ = _walk(graph, [1, 2, 3])
+    assert total + graph.finalize(state) == 5.0
+    # unfinished partial match at the end is cancelled by finalize
+    state, total, _ = _walk(graph, [5, 1, 2])
+    assert total == 2.0 and graph.finalize(state) == -2.0
+    # completed phrase keeps its boost after later unrelated tokens
+    state, total, _ = _walk(graph, [2, 4, 5, 5])
+    assert total == 2.0 and graph.finalize(state) == 0.0
+
+
+def test_per_phrase_scores_and_shared_prefix():
+    g = ContextGraph([[5, 6], [5, 7]], scores=[3.0, None], default_score=1.0)
+    five = g.root.next[5]
+    assert five.token_score == 3.0  # the shared arc keeps the larger boost
+    assert five.next[6].node_score == 6.0 and five.next[7].node_score == 4.0
+    _, total, _ = _walk(g, [5, 7, 1])
+    assert total == 4.0  # phrase "5 7" is worth its node score
+
+
+def test_parse_hotword():
+    assert parse_hotword("amoxicillin") == ("amoxicillin", None)
+    assert parse_hotword("amoxicillin:2.5") == ("amoxicillin", 2.5)
+    assert parse_hotword("ratio 1:x") == ("ratio 1:x", None)
+
+
+class _CharTokenizer:
+    """a..z -> 3..28, unknown -> 2 (like the real tokenizer's <unk>)."""
+
+    unk_id = 2
+
+    def encode(self, texts):
+        return [[ord(ch) - 94 if "a" <= ch <= "z" else self.unk_id for ch in t.replace(" ", "")] for t in texts]
+
+
+def test_from_phrases_normalizes_and_rejects_bad_phrases():
+    tok = _CharTokenizer()
+    g = ContextGraph.from_phrases(["Ab", ("cd", 2.0)], tok, score=1.0)
+    assert g.root.next[3].next[4].node_score == 2.0 and g.root.next[5].next[6].node_score == 4.0
+    assert ContextGraph.from_phrases([], tok) is None
+    with pytest.raises(HotwordError, match="你好"):
+        ContextGraph.from_phrases(["ok", "你好"], tok)
+    with pytest.raises(HotwordError, match="it's"):
+        ContextGraph.from_phrases(["it's"], tok)  # apostrophe survives normalize but is <unk> here
+
+
+# -- effect in search: a fake transducer whose joiner output is the encoder frame itself -------------
+class _FrameJoiner(nn.Module):
+    """logits = encoder frame (decoder ignored) so each frame's distribution is set by the test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder_proj = nn.Identity()
+
+    def decoder_proj(self, dec):
+        return torch.zeros(dec.shape[:-1] + (6,))
+
+    def forward(self, enc, dec, project_input=True):
+        return enc + dec[..., :6] * 0
+
+
+class _FakeModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.decoder = StatelessDecoder(vocab_size=6, decoder_dim=4)
+        self.joiner = _FrameJoiner()
+
+
+def _frames(*probs):
+    """Encoder output whose per-frame log-softmax equals log(probs) (token 0 = blank)."""
+    return torch.log(torch.tensor(probs, dtype=torch.float32)).unsqueeze(0), torch.tensor([len(probs)])
+
+
+NEAR_TIE = ([0.05, 0.50, 0.45, 1e-9, 1e-9, 1e-9], [1.0 - 4e-9, 1e-9, 1e-9, 1e-9, 1e-9, 1e-9])
+
+
+def test_biasing_flips_a_near_tie():
+    model, (enc, lens) = _FakeModel(), _frames(*NEAR_TIE)
+    assert modified_beam_search(model, enc, lens, beam_size=4) == [[1]]
+    g = ContextGraph([[2]], default_score=0.5)
+    assert modified_beam_search(model, enc, lens, beam_size=4, context_graph=g) == [[2]]
+    # the flip needs a boost above log(0.50/0.45)
+    weak = ContextGraph([[2]], default_score=0.5 * math.log(0.50 / 0.45))
+    assert modified_beam_search(model, enc, lens, beam_size=4, context_graph=weak) == [[1]]
+
+
+def test_huge_boost_on_a_partial_match_is_cancelled():
+    """Phrase "2 3" with a large score: the hypothesis that only starts it must not win."""
+    model, (enc, lens) = _FakeModel(), _frames(*NEAR_TIE)
+    g = ContextGraph([[2, 3]], default_score=5.0)
+    assert modified_beam_search(model, enc, lens, beam_size=4, context_graph=g) == [[1]]
+
+
+def test_greedy_max_symbols_per_frame():
+    model, (enc, lens) = _FakeModel(), _frames([0.1, 0.2, 0.7, 0, 0, 0], [0.8, 0.1, 0.1, 0, 0, 0])
+    assert greedy_search(model, enc, lens) == [[2]]
+    assert greedy_search(model, enc, lens, max_sym_per_frame=3) == [[2, 2, 2]]
