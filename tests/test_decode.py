@@ -99,7 +99,7 @@ def _cuts_with_audio(tmp_path, texts):
 
 
 def test_evaluate_writes_icefall_results(tmp_path):
-    from synthasr.decode.evaluate import decode_cuts, evaluate
+    from synthasr.decode.evaluation import decode_cuts, evaluate
     from synthasr.score import compute_wer
     from synthasr.tokenizer import train_bpe, Tokenizer
 
@@ -129,7 +129,7 @@ def test_evaluate_uses_precomputed_features(tmp_path):
     from lhotse import LilcomChunkyWriter
 
     from synthasr.data.features import make_extractor
-    from synthasr.decode.evaluate import decode_cuts, _cuts_have_features
+    from synthasr.decode.evaluation import decode_cuts, _cuts_have_features
 
     class _Tok:
         def decode(self, hyps):

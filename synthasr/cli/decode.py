@@ -101,8 +101,8 @@ def evaluate(model_path: str, method: str, beam_size: int, hotwords: Tuple[str, 
     """Decode a CutSet, write recogs/errs/wer-summary files to OUT_DIR and print the WER."""
     from lhotse import load_manifest_lazy
 
-    from synthasr.decode.evaluate import EvaluateError
-    from synthasr.decode.evaluate import evaluate as run_evaluate
+    from synthasr.decode.evaluation import EvaluateError
+    from synthasr.decode.evaluation import evaluate as run_evaluate
 
     bundle = _load_bundle(model_path, device, num_threads)
     graph = _context_graph(bundle, _hotword_list(hotwords, hotwords_file), hotword_score)

@@ -18,7 +18,7 @@ A schedule is one YAML file::
     stages:
       - {name: general, init: scratch, data: {general: 1.0}}
       - name: adapt
-        init: previous                 # scratch | previous | path/to/checkpoint.pt
+        init: previous                 # scratch | previous | stage:<earlier stage> | path/to/checkpoint.pt
         data: {general: 0.7, medication_synth: 0.3}
         augment: {medication_synth: {speed: [0.9, 1.0, 1.1], noise_prob: 0.5, reverb_prob: 0.3}}
         freeze: {patterns: [encoder], eval_mode: true}
@@ -317,11 +317,11 @@ def validate_schedule(
         _validate_stage(path, where, i, stage, cfg, sources, eval_sets, train_cfgs[stage.name], tokenizer, exp_dir)
     selected_names = {s.name for s in selected}
     for i, stage in enumerate(cfg.stages):
-        if stage.name in selected_names and stage.init == "previous" and i > 0:
-            prev = cfg.stages[i - 1].name
+        prev = _init_stage_name(cfg, stage, i)
+        if stage.name in selected_names and prev is not None:
             if prev not in selected_names and not (exp_dir / prev / "final.pt").is_file():
                 raise _err(path, f"stages[{i}] ({stage.name}).init",
-                           f"previous stage {prev!r} is not being run and {exp_dir / prev / 'final.pt'} is missing")
+                           f"stage {prev!r} is not being run and {exp_dir / prev / 'final.pt'} is missing")
     return _Plan(cfg, path, exp_dir, tokenizer, sources, eval_sets, eval_domains, train_cfgs, selected)
 
 
@@ -354,6 +354,10 @@ def _validate_stage(path, where, i, stage, cfg, sources, eval_sets, train_cfg, t
     if stage.init == "previous":
         if i == 0:
             raise _err(path, f"{where}.init", "'previous' but this is the first stage")
+    elif stage.init.startswith("stage:"):
+        earlier = [s.name for s in cfg.stages[:i]]
+        if stage.init[len("stage:"):] not in earlier:
+            raise _err(path, f"{where}.init", f"{stage.init!r} names no earlier stage (earlier: {', '.join(earlier) or 'none'})")
     elif stage.init != "scratch" and not Path(stage.init).is_file():
         raise _err(path, f"{where}.init", f"checkpoint {stage.init} not found")
 
@@ -400,7 +404,7 @@ def _skeleton(stage: StageConfig, train_cfg, tokenizer, path: Path, where: str):
     from synthasr.checkpoint import CheckpointError, load_checkpoint
     from synthasr.model import build_model
 
-    if stage.init not in ("scratch", "previous"):
+    if stage.init not in ("scratch", "previous") and not stage.init.startswith("stage:"):
         try:
             ckpt = load_checkpoint(stage.init)
         except CheckpointError as e:
@@ -469,14 +473,23 @@ def _run_stage(plan: _Plan, stage: StageConfig, index: int) -> StageResult:
     return StageResult(stage.name, stage_dir, Path(final), results, skipped=False)
 
 
+def _init_stage_name(cfg: ScheduleConfig, stage: StageConfig, index: int) -> Optional[str]:
+    """The earlier stage whose final.pt initialises ``stage`` (``previous`` or ``stage:<name>``), if any."""
+    if stage.init == "previous" and index > 0:
+        return cfg.stages[index - 1].name
+    if stage.init.startswith("stage:"):
+        return stage.init[len("stage:"):]
+    return None
+
+
 def _init_checkpoint(plan: _Plan, stage: StageConfig, index: int) -> Optional[Path]:
     if stage.init == "scratch":
         return None
-    if stage.init == "previous":
-        prev = plan.cfg.stages[index - 1].name
+    prev = _init_stage_name(plan.cfg, stage, index)
+    if prev is not None:
         ckpt = plan.exp_dir / prev / "final.pt"
         if not ckpt.is_file():
-            raise ScheduleError(f"{plan.path}: stages[{index}] ({stage.name}).init: previous stage {prev!r} "
+            raise ScheduleError(f"{plan.path}: stages[{index}] ({stage.name}).init: stage {prev!r} "
                                 f"has no final.pt (run it first)")
         return ckpt
     return Path(stage.init)
@@ -571,8 +584,13 @@ def _make_regularizer(plan: _Plan, stage: StageConfig, index: int, model, init_c
 def _previous_online_fisher(plan: _Plan, index: int):
     from synthasr.train.regularization import load_fisher
 
-    for prev in reversed(plan.cfg.stages[:index]):
-        path = plan.exp_dir / prev.name / "fisher_online.pt"
+    # Follow the init chain (not list order), so sibling branches of an ablation never share a Fisher.
+    names = [s.name for s in plan.cfg.stages]
+    prev = _init_stage_name(plan.cfg, plan.cfg.stages[index], index)
+    while prev is not None:
+        path = plan.exp_dir / prev / "fisher_online.pt"
+        i = names.index(prev)
+        prev = _init_stage_name(plan.cfg, plan.cfg.stages[i], i)
         if path.is_file():
             return load_fisher(path)[0]
     return None
@@ -597,7 +615,7 @@ def _evaluate_stage(plan: _Plan, stage: StageConfig, index: int, final: Path) ->
     import torch
 
     from synthasr.checkpoint import load_checkpoint
-    from synthasr.decode.evaluate import evaluate  # the package attr is shadowed by the submodule
+    from synthasr.decode import evaluate
     from synthasr.model import build_model
 
     dec = plan.cfg.base.decode
@@ -621,25 +639,3 @@ def _evaluate_stage(plan: _Plan, stage: StageConfig, index: int, final: Path) ->
     with atomic_write(stage_dir / "eval.json") as f:
         json.dump({"stage": stage.name, "index": index, "checkpoint": str(final), "results": results}, f, indent=2)
     return results
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    """``python -m synthasr.train.schedule SCHEDULE.yaml [--exp-dir DIR] [--stage NAME ...]``."""
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("schedule")
-    parser.add_argument("--exp-dir", default=None)
-    parser.add_argument("--stage", action="append", default=None, help="run only these stages (repeatable)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        result = run_schedule(args.schedule, exp_dir=args.exp_dir, stages=args.stage)
-    except (ScheduleError, ConfigError) as e:
-        sys.exit(f"error: {e}")
-    print(f"done: {len(result.stages)} stage(s) in {result.exp_dir}")
-
-
-if __name__ == "__main__":
-    main()

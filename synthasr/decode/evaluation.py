@@ -37,7 +37,9 @@ def _make_dataset(cuts, feature_config):
     cfg = feature_config if isinstance(feature_config, FeatureConfig) else FeatureConfig(**(feature_config or {}))
     rate = cfg.sampling_rate
     cuts = cuts.map(functools.partial(_resample_cut, rate=rate))
-    strategy = OnTheFlyFeatures(make_extractor(cfg))
+    # Per-utterance extraction: lhotse's batched path alters the last frame of shorter cuts, and
+    # training (compute_fbank / the trainer's dataset) extracts one utterance at a time.
+    strategy = OnTheFlyFeatures(make_extractor(cfg), use_batch_extract=False)
     return cuts, K2SpeechRecognitionDataset(input_strategy=strategy, return_cuts=True)
 
 
@@ -78,7 +80,9 @@ def decode_cuts(model, tokenizer, cuts, method: str = "greedy_search", beam_size
     cuts, dataset = _make_dataset(cuts, feature_config)
     # Input order, no bucketing: evaluation must not depend on a bucket-estimation pass, and the
     # searches already sort each batch by length.
-    sampler = SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False)
+    # world_size/rank pinned: under torchrun lhotse would otherwise read them from the environment
+    # and give each rank only its share of the eval set.
+    sampler = SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False, world_size=1, rank=0)
     results: List[Tuple[str, str, str]] = []
     for cut_batch in tqdm(sampler, desc="evaluate", unit="batch", disable=not progress):
         x, x_lens, ids, refs = _supervision_batch(dataset[cut_batch])

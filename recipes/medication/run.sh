@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# SynthASR medication recipe: teach a general-domain RNN-T medication names from synthetic speech
+# without forgetting the general domain.
+#
+#   ./run.sh [--config conf/default.yaml] [--stage N] [--stop-stage M] [--force]
+#
+# Every stage calls the synthasr library/CLI; nothing here trains or decodes by itself.
+# Outputs: data/<config-name>/ (text, audio, manifests, features, BPE) and exp/<config-name>/
+# (checkpoints, decode results, report). A finished stage leaves a .done marker and is skipped on a
+# rerun (use --force to redo the selected stages); an interrupted stage resumes where it stopped.
+set -euo pipefail
+
+invoked_from=$PWD  # relative --corpus-dir paths are relative to where run.sh was called from
+cd "$(dirname "$0")"
+
+stage=0
+stop_stage=100
+config=conf/default.yaml
+force=false
+general_corpus=   # librispeech | mini_librispeech: real general-domain speech instead of synthetic
+corpus_dir=
+
+stage_names=(
+  "0:prepare_text      medication names + carrier sentences, general-domain sentences"
+  "1:voices            split TTS voices into disjoint train / held-out test pools"
+  "2:tts_general       synthesize general-domain text (train/held-out voices), or with --general-corpus: a local LibriSpeech copy"
+  "3:tts_medication    synthesize medication text (train voices; held-out voices for dev/test/unseen)"
+  "4:fbank             80-dim fbank features (lilcom) for every manifest"
+  "5:bpe               sentencepiece BPE on general-domain training text (the baseline's units)"
+  "6:baseline          train the general-domain baseline RNN-T (schedule stage 'general')"
+  "7:adapt             multi-stage adaptation: weighted mixing + augmentation + freezing + EWC"
+  "8:ablation          ablation stages (synthetic-only, +mixing, +augmentation, +freezing)"
+  "9:decode            modified beam search with and without medication hotword biasing"
+  "10:export           pretrained.pt (+ ONNX for sherpa-onnx)"
+  "11:report           report.json/md/png and RESULTS.md"
+)
+
+usage() {
+  cat <<EOF
+Usage: $0 [options]
+  --config FILE      recipe config (default: $config); smoke: conf/smoke.yaml, GPU: conf/gpu.yaml
+  --stage N          first stage to run (default: $stage)
+  --stop-stage M     last stage to run (default: $stop_stage)
+  --force            redo the selected stages even if their .done marker exists
+  --general-corpus C real general-domain speech instead of synthetic: librispeech | mini_librispeech
+  --corpus-dir DIR   local copy of that corpus (DIR/LibriSpeech/<part>/... or DIR = .../LibriSpeech);
+                     nothing is downloaded. Optional config keys: general_corpus.{train_parts,
+                     dev_part,test_part,max_train_hours}
+  -h, --help         this message
+
+Stages:
+EOF
+  for s in "${stage_names[@]}"; do printf '  %-4s %s\n' "${s%%:*}" "${s#*:}"; done
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --stage) stage="${2:?--stage needs a value}"; shift 2 ;;
+    --stage=*) stage="${1#*=}"; shift ;;
+    --stop-stage|--stop_stage) stop_stage="${2:?--stop-stage needs a value}"; shift 2 ;;
+    --stop-stage=*|--stop_stage=*) stop_stage="${1#*=}"; shift ;;
+    --config) config="${2:?--config needs a value}"; shift 2 ;;
+    --config=*) config="${1#*=}"; shift ;;
+    --force) force=true; shift ;;
+    --general-corpus) general_corpus="${2:?--general-corpus needs a value}"; shift 2 ;;
+    --general-corpus=*) general_corpus="${1#*=}"; shift ;;
+    --corpus-dir) corpus_dir="${2:?--corpus-dir needs a value}"; shift 2 ;;
+    --corpus-dir=*) corpus_dir="${1#*=}"; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "$0: unknown option '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+for v in "$stage" "$stop_stage"; do
+  [[ "$v" =~ ^[0-9]+$ ]] || { echo "$0: stage numbers must be non-negative integers, got '$v'" >&2; exit 2; }
+done
+[ -f "$config" ] || { echo "$0: config not found: $config" >&2; exit 2; }
+case "$general_corpus" in
+  ""|librispeech|mini_librispeech) ;;
+  *) echo "$0: --general-corpus must be librispeech or mini_librispeech, got '$general_corpus'" >&2; exit 2 ;;
+esac
+if [ -n "$general_corpus" ] && [ -z "$corpus_dir" ]; then
+  echo "$0: --general-corpus needs --corpus-dir DIR (a local copy; nothing is downloaded)" >&2; exit 2
+fi
+if [ -z "$general_corpus" ] && [ -n "$corpus_dir" ]; then
+  echo "$0: --corpus-dir needs --general-corpus librispeech|mini_librispeech" >&2; exit 2
+fi
+case "$corpus_dir" in ""|/*) ;; *) corpus_dir=$invoked_from/$corpus_dir ;; esac
+
+PYTHON=${PYTHON:-python3}
+conf() { "$PYTHON" local/conf.py "$config" "$@"; }
+
+name=$(basename "$config" .yaml)
+data=data/$name
+exp=exp/$name
+mkdir -p "$data" "$exp/log"
+schedule=$(conf schedule)
+[ -f "$schedule" ] || { echo "$0: $config: schedule file not found: $schedule" >&2; exit 2; }
+
+log() {
+  local fname=${BASH_SOURCE[1]##*/}
+  echo -e "$(date '+%Y-%m-%d %H:%M:%S') ($fname:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
+}
+
+# run_stage N NAME: true if stage N is selected and not yet done. Marks timing for the report.
+selected() { [ "$1" -ge "$stage" ] && [ "$1" -le "$stop_stage" ]; }
+should_run() {
+  local n=$1 sname=$2
+  selected "$n" || return 1
+  if [ -f "$exp/.done.$n.$sname" ] && [ "$force" = false ]; then
+    log "stage $n ($sname): done earlier ($exp/.done.$n.$sname), skipping"
+    return 1
+  fi
+  log "stage $n ($sname): start"
+  stage_start=$(date +%s)
+  return 0
+}
+mark_done() {
+  local n=$1 sname=$2 secs=$(( $(date +%s) - stage_start ))
+  echo "$secs" > "$exp/.done.$n.$sname"
+  log "stage $n ($sname): done in ${secs}s"
+}
+
+seed=$(conf seed 0)
+num_jobs=$(conf tts.num_jobs 2)
+engines=$(conf tts.engines | tr ' ' ',')
+
+if should_run 0 prepare_text; then
+  $PYTHON local/prepare_text.py --out-dir "$data/text" --seed "$seed" \
+    --num-names "$(conf text.num_names)" --unseen-fraction "$(conf text.unseen_fraction)" \
+    --num-train "$(conf text.num_med_train)" --num-dev "$(conf text.num_med_dev)" \
+    --num-test "$(conf text.num_med_test)" --num-test-unseen "$(conf text.num_med_test_unseen)" \
+    --num-general-train "$(conf text.num_general_train)" --num-general-dev "$(conf text.num_general_dev)" \
+    --num-general-test "$(conf text.num_general_test)" 2>&1 | tee "$exp/log/prepare_text.log"
+  mark_done 0 prepare_text
+fi
+
+if should_run 1 voices; then
+  holdout_args=()
+  for h in $(conf tts.holdout ""); do holdout_args+=(--holdout "$h"); done
+  synthasr tts-voices split --engines "$engines" --test-fraction "$(conf tts.test_voice_fraction)" \
+    "${holdout_args[@]}" --seed "$seed" \
+    --train-out "$data/voices/train_voices.txt" --test-out "$data/voices/test_voices.txt"
+  log "voices: $(wc -l < "$data/voices/train_voices.txt") train, $(wc -l < "$data/voices/test_voices.txt") held-out test"
+  mark_done 1 voices
+fi
+
+# tts PREFIX DOMAIN VOICES_FILE NUM_VOICES: synthesize data/text/PREFIX.jsonl (resumable by itself).
+tts() {
+  local prefix=$1 domain=$2 voices=$3 nvoices=$4
+  synthasr tts-gen "$data/text/$prefix.jsonl" "$data/tts" --domain "$domain" --prefix "$prefix" \
+    --engines "$engines" --engine-weights "$(conf tts.engine_weights | tr ' ' ',')" \
+    --voices-file "$voices" --num-voices "$nvoices" --num-jobs "$num_jobs" --seed "$seed" \
+    --failure-threshold "$(conf tts.failure_threshold 0.05)" 2>&1 | tee "$exp/log/tts_$prefix.log"
+}
+
+# prepare_general: general_{train,dev,test} manifests + text from a local real corpus (resumable: a
+# no-op when its outputs are intact; it also rewrites general_*.jsonl if stage 0 replaced them).
+prepare_general() {
+  local args=(--corpus "$general_corpus" --corpus-dir "$corpus_dir" --out-dir "$data/tts" --text-dir "$data/text"
+              --med-names "$data/text/medication_names.txt" --seed "$seed" --num-jobs "$num_jobs")
+  local v
+  v=$(conf general_corpus.train_parts ""); [ -z "$v" ] || [ "$v" = None ] || args+=(--train-parts "${v// /,}")
+  v=$(conf general_corpus.dev_part ""); [ -z "$v" ] || [ "$v" = None ] || args+=(--dev-part "$v")
+  v=$(conf general_corpus.test_part ""); [ -z "$v" ] || [ "$v" = None ] || args+=(--test-part "$v")
+  v=$(conf general_corpus.max_train_hours ""); [ -z "$v" ] || [ "$v" = None ] || args+=(--max-train-hours "$v")
+  $PYTHON local/prepare_general_corpus.py "${args[@]}" 2>&1 | tee -a "$exp/log/prepare_general_corpus.log"
+}
+
+# A separate .done marker per general-domain source, so switching source reruns stage 2
+# (later stages still need --force: their inputs changed).
+general_stage=tts_general
+[ -z "$general_corpus" ] || general_stage=general_corpus
+if should_run 2 "$general_stage"; then
+  if [ -n "$general_corpus" ]; then
+    prepare_general
+  else
+    rm -f "$data/tts/general_domain.txt" "$data/tts/general_corpus_summary.json"  # no real-corpus leftovers
+    tts general_train general "$data/voices/train_voices.txt" "$(conf tts.num_train_voices)"
+    tts general_dev general "$data/voices/test_voices.txt" "$(conf tts.num_test_voices)"
+    tts general_test general "$data/voices/test_voices.txt" "$(conf tts.num_test_voices)"
+  fi
+  mark_done 2 "$general_stage"
+fi
+
+if should_run 3 tts_medication; then
+  tts med_train medication "$data/voices/train_voices.txt" "$(conf tts.num_train_voices)"
+  for part in med_dev med_test med_test_unseen; do
+    tts "$part" medication "$data/voices/test_voices.txt" "$(conf tts.num_test_voices)"
+  done
+  mark_done 3 tts_medication
+fi
+
+if should_run 4 fbank; then
+  for part in general_train general_dev general_test med_train med_dev med_test med_test_unseen; do
+    synthasr compute-fbank --cuts "$data/tts/${part}_cuts.jsonl.gz" --out-dir "$data/fbank" --prefix "$part" \
+      --num-jobs "$num_jobs"
+  done
+  mark_done 4 fbank
+fi
+
+bpe_dir=$data/lang_bpe_$(conf bpe.vocab_size)
+if should_run 5 bpe; then
+  # Stage 0 writes fortunes text to general_train.jsonl; with a real corpus the BPE must see its transcripts.
+  [ -z "$general_corpus" ] || prepare_general
+  synthasr train-bpe --text "$data/text/general_train.jsonl" --out-dir "$bpe_dir" \
+    --vocab-size "$(conf bpe.vocab_size)" --model-type "$(conf bpe.model_type bpe)"
+  mark_done 5 bpe
+fi
+
+# stage_args KEY: "--stage a --stage b" for the schedule stages listed under stages.KEY in the config.
+stage_args() { local s; for s in $(conf "stages.$1" ""); do printf -- '--stage %s ' "$s"; done; }
+
+if should_run 6 baseline; then
+  synthasr train --schedule "$schedule" --exp-dir "$exp" $(stage_args baseline) \
+    2>&1 | tee "$exp/log/baseline.log"
+  mark_done 6 baseline
+fi
+
+if should_run 7 adapt; then
+  synthasr train --schedule "$schedule" --exp-dir "$exp" $(stage_args adapt) \
+    2>&1 | tee "$exp/log/adapt.log"
+  mark_done 7 adapt
+fi
+
+if should_run 8 ablation; then
+  ablation=$(stage_args ablation)
+  if [ -n "$ablation" ]; then
+    synthasr train --schedule "$schedule" --exp-dir "$exp" $ablation 2>&1 | tee "$exp/log/ablation.log"
+  else
+    log "no ablation stages in $config"
+  fi
+  mark_done 8 ablation
+fi
+
+baseline_stage=$(conf stages.baseline)
+final_stage=$(conf stages.adapt | awk '{print $NF}')
+if should_run 9 decode; then
+  # Hotword list = the medication names the recipe trained on (names_used.txt, role seen) plus the
+  # unseen ones: a deployment would bias towards every name on its formulary.
+  cut -f1 "$data/text/names_used.txt" > "$data/text/hotwords.txt"
+  method=$(conf decode.method modified_beam_search)
+  for model_stage in "$baseline_stage" "$final_stage"; do
+    for part in general_test med_test med_test_unseen; do
+      synthasr evaluate --model "$exp/$model_stage/final.pt" --cuts "$data/fbank/${part}_cuts_fbank.jsonl.gz" \
+        --out-dir "$exp/$model_stage/decode_biasing" --name "$part" --method "$method" \
+        --beam-size "$(conf decode.beam_size 4)" --suffix "$method"
+      synthasr evaluate --model "$exp/$model_stage/final.pt" --cuts "$data/fbank/${part}_cuts_fbank.jsonl.gz" \
+        --out-dir "$exp/$model_stage/decode_biasing" --name "$part" --method "$method" \
+        --beam-size "$(conf decode.beam_size 4)" --suffix "${method}-hotwords" \
+        --hotwords-file "$data/text/hotwords.txt" --hotword-score "$(conf decode.hotword_score 2.0)"
+    done
+  done
+  mark_done 9 decode
+fi
+
+if should_run 10 export; then
+  cp "$exp/$final_stage/final.pt" "$exp/pretrained.pt.tmp" && mv "$exp/pretrained.pt.tmp" "$exp/pretrained.pt"
+  synthasr export --model "$exp/pretrained.pt" --format onnx --out-dir "$exp/onnx"
+  mark_done 10 export
+fi
+
+if should_run 11 report; then
+  general_domain=$(cat "$data/tts/general_domain.txt" 2>/dev/null \
+    || echo "synthetic speech: TTS of fortunes + WordNet sentences (local/prepare_text.py)")
+  log "general domain: $general_domain"
+  synthasr report --exp-dir "$exp"
+  $PYTHON local/write_results.py --config "$config" --exp-dir "$exp" --data-dir "$data" --out RESULTS.md
+  mark_done 11 report
+fi
+
+log "stages $stage..$stop_stage finished; results: $exp"

@@ -1,0 +1,138 @@
+"""``synthasr train`` (one stage from a YAML, or a multi-stage schedule) and ``synthasr average``."""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import click
+
+
+def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
+    """``["optim.lr=1e-3", "data.shuffle=false"]`` -> ``{"optim.lr": 0.001, "data.shuffle": False}``.
+
+    Values are parsed as YAML; numbers YAML 1.1 leaves as strings (``1e-3``) become floats.
+    """
+    import yaml
+
+    from synthasr.config import ConfigError
+
+    out: Dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--override {item!r}: expected key=value")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        out[key.strip()] = value
+    return out
+
+
+def _run_single_stage(config: str, exp_dir: Optional[str], overrides: Dict[str, Any]) -> Path:
+    from lhotse import CutSet, load_manifest_lazy
+
+    from synthasr.config import ConfigError, load_config
+    from synthasr.tokenizer import Tokenizer
+    from synthasr.train.config import TrainConfig
+    from synthasr.train.trainer import fit
+
+    cfg = load_config(TrainConfig, config, overrides)
+    exp = exp_dir or cfg.exp_dir
+    for name, value in (("train_cuts", cfg.train_cuts), ("bpe_model", cfg.bpe_model), ("exp_dir", exp)):
+        if not value:
+            raise ConfigError(f"{config}: {name} is required for single-stage training")
+    for name in ("train_cuts", "bpe_model", "dev_cuts"):
+        value = getattr(cfg, name)
+        if value and not Path(value).is_file():
+            raise ConfigError(f"{config}: {name}: file not found: {value}")
+    train_cuts = load_manifest_lazy(cfg.train_cuts)
+    dev_cuts = CutSet.from_file(cfg.dev_cuts) if cfg.dev_cuts else None
+    tokenizer = Tokenizer.load(cfg.bpe_model)
+    return fit(cfg, exp, train_cuts, dev_cuts, tokenizer)
+
+
+def _run_schedule(schedule: str, exp_dir: Optional[str], overrides: Dict[str, Any], stages: Sequence[str]) -> Any:
+    """Call the CL colleague's ``run_schedule`` with whichever of our options it accepts."""
+    from synthasr.train.schedule import ScheduleError, run_schedule
+
+    params = inspect.signature(run_schedule).parameters
+    kwargs: Dict[str, Any] = {}
+    for name, option, value in (("exp_dir", "--exp-dir", exp_dir), ("overrides", "--override", overrides),
+                                ("stages", "--stage", list(stages))):
+        if value:
+            if name not in params:
+                raise click.UsageError(f"{option} is not supported with --schedule")
+            kwargs[name] = value
+    try:
+        return run_schedule(schedule, **kwargs)
+    except ScheduleError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _console_logging() -> None:
+    """INFO progress on the console for rank 0 (other torchrun ranks only warn)."""
+    import logging
+    import os
+
+    level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
+
+
+@click.command("train")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="Single-stage TrainConfig YAML.")
+@click.option("--schedule", type=click.Path(exists=True, dir_okay=False), help="Multi-stage schedule YAML.")
+@click.option("--exp-dir", type=click.Path(file_okay=False), default=None, help="Overrides exp_dir of the YAML.")
+@click.option("--override", "-o", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Dotted config override, e.g. -o optim.lr=0.002 (repeatable).")
+@click.option("--stage", "stages", multiple=True, help="With --schedule: run only these stages (repeatable).")
+def train(config: Optional[str], schedule: Optional[str], exp_dir: Optional[str], overrides: Sequence[str],
+          stages: Sequence[str]) -> None:
+    """Train an RNN-T model; resumes automatically from the newest checkpoint in the exp dir.
+
+    Multi-GPU/CPU DDP: ``torchrun --nproc_per_node N $(which synthasr) train --config ...``.
+    """
+    from synthasr.checkpoint import CheckpointError
+    from synthasr.config import ConfigError
+    from synthasr.data.dataset import DatasetError
+    from synthasr.train.trainer import TrainingError
+
+    if (config is None) == (schedule is None):
+        raise click.UsageError("give exactly one of --config or --schedule")
+    _console_logging()
+    if stages and schedule is None:
+        raise click.UsageError("--stage needs --schedule")
+    try:
+        parsed = parse_overrides(overrides)
+        if config is not None:
+            final = _run_single_stage(config, exp_dir, parsed)
+            click.echo(f"final model: {final}")
+        else:
+            result = _run_schedule(schedule, exp_dir, parsed, stages)
+            if result is not None:
+                click.echo(f"schedule finished: {result}")
+    except (ConfigError, TrainingError, CheckpointError, DatasetError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+@click.command("average")
+@click.option("--exp-dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--epoch", required=True, type=int, help="Last epoch to include (epoch-E.pt).")
+@click.option("--avg", default=1, show_default=True, type=int, help="Number of epochs to average.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Output file [default: <exp-dir>/pretrained-epoch-E-avg-K.pt].")
+def average(exp_dir: str, epoch: int, avg: int, out: Optional[str]) -> None:
+    """Average epoch-(E-K+1)..epoch-E into a pretrained-style model file (no optimizer state)."""
+    from synthasr.checkpoint import CheckpointError
+    from synthasr.train.average import AverageError, find_checkpoints, write_averaged
+
+    target = Path(out) if out else Path(exp_dir) / f"pretrained-epoch-{epoch}-avg-{avg}.pt"
+    try:
+        paths = find_checkpoints(exp_dir, epoch, avg)
+        write_averaged(paths, target)
+    except (AverageError, CheckpointError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{target}: average of {', '.join(p.name for p in paths)}")

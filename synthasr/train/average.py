@@ -1,0 +1,82 @@
+"""Checkpoint averaging (icefall convention: ``--epoch E --avg K`` averages ``epoch-(E-K+1) .. epoch-E``).
+
+Averaging the weights of the last few epochs is a cheap, reliable WER gain for transducers; the
+result is a ``pretrained.pt``-style file (weights + configs + tokenizer, no train_state).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Sequence, Union
+
+import torch
+
+from synthasr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, tokenizer_proto
+
+PathLike = Union[str, Path]
+
+
+class AverageError(ValueError):
+    """The requested checkpoints cannot be averaged (missing, mismatched keys or shapes)."""
+
+
+def find_checkpoints(exp_dir: PathLike, epoch: int, avg: int) -> List[Path]:
+    """``epoch-{E-avg+1}.pt .. epoch-{E}.pt`` in ``exp_dir``; error naming the first missing file."""
+    if avg < 1:
+        raise AverageError(f"--avg must be >= 1, got {avg}")
+    if epoch - avg + 1 < 1:
+        raise AverageError(f"--epoch {epoch} --avg {avg}: would need epoch-{epoch - avg + 1}.pt (epochs start at 1)")
+    paths = [Path(exp_dir) / f"epoch-{e}.pt" for e in range(epoch - avg + 1, epoch + 1)]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise AverageError(f"{missing[0]}: checkpoint not found (needed for --epoch {epoch} --avg {avg})")
+    return paths
+
+
+def average_state_dicts(
+    states: Sequence[Dict[str, torch.Tensor]], names: Sequence[str] = ()
+) -> Dict[str, torch.Tensor]:
+    """Elementwise mean of floating tensors (accumulated in float64); other tensors from the last."""
+    if not states:
+        raise AverageError("nothing to average: no checkpoints given")
+    names = list(names) or [f"#{i}" for i in range(len(states))]
+    ref_keys = list(states[-1].keys())
+    for state, name in zip(states, names):
+        if set(state) != set(ref_keys):
+            diff = sorted(set(state) ^ set(ref_keys))
+            raise AverageError(f"{name}: parameter names differ from {names[-1]} (e.g. {diff[0]})")
+    out: Dict[str, torch.Tensor] = {}
+    for key in ref_keys:
+        last = states[-1][key]
+        if not torch.is_floating_point(last):
+            out[key] = last.clone()  # step counters, num_batches_tracked, ...
+            continue
+        total = torch.zeros(last.shape, dtype=torch.float64)
+        for state, name in zip(states, names):
+            t = state[key]
+            if t.shape != last.shape:
+                raise AverageError(f"{name}: {key} has shape {tuple(t.shape)}, expected {tuple(last.shape)}")
+            total += t.to(torch.float64)
+        out[key] = (total / len(states)).to(last.dtype)
+    return out
+
+
+def average_checkpoints(paths: Sequence[PathLike]) -> Dict[str, torch.Tensor]:
+    """Average the ``model`` weights of the given checkpoint files."""
+    paths = [Path(p) for p in paths]
+    states = [load_checkpoint(p)["model"] for p in paths]
+    return average_state_dicts(states, [str(p) for p in paths])
+
+
+def write_averaged(paths: Sequence[PathLike], out: PathLike) -> Path:
+    """Average ``paths`` and write a pretrained-style checkpoint (configs/tokenizer from the last)."""
+    paths = [Path(p) for p in paths]
+    averaged = average_checkpoints(paths)
+    last = load_checkpoint(paths[-1])
+    meta = dict(last.get("meta", {}))
+    meta["averaged_from"] = [p.name for p in paths]
+    if last.get("model_config") is None:
+        raise CheckpointError(f"{paths[-1]}: checkpoint lacks model_config")
+    return save_checkpoint(
+        out, averaged, last["model_config"], last.get("feature_config"), tokenizer_proto(last),
+        train_state=None, meta=meta,
+    )

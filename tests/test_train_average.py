@@ -1,0 +1,75 @@
+"""Checkpoint averaging: elementwise mean, icefall epoch selection, pretrained-style output."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from synthasr.checkpoint import load_checkpoint, save_checkpoint, tokenizer_proto
+from synthasr.train.average import AverageError, average_checkpoints, average_state_dicts, find_checkpoints
+
+
+def _state(seed: int, steps: int):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "w": torch.randn(3, 4, generator=g),
+        "b": torch.randn(4, generator=g).to(torch.float16),
+        "bn.num_batches_tracked": torch.tensor(steps),
+    }
+
+
+def _save(path, state, epoch):
+    save_checkpoint(path, state, {"preset": "tiny", "vocab_size": 9}, {"num_mel_bins": 80}, b"proto",
+                    train_state={"step": epoch}, meta={"epoch": epoch})
+
+
+def test_average_of_two_is_elementwise_mean_and_ints_from_last(tmp_path):
+    a, b = _state(0, 10), _state(1, 20)
+    _save(tmp_path / "epoch-1.pt", a, 1)
+    _save(tmp_path / "epoch-2.pt", b, 2)
+    avg = average_checkpoints([tmp_path / "epoch-1.pt", tmp_path / "epoch-2.pt"])
+    assert torch.allclose(avg["w"], (a["w"] + b["w"]) / 2, atol=1e-7)
+    assert avg["b"].dtype == torch.float16
+    assert torch.allclose(avg["b"].float(), ((a["b"].double() + b["b"].double()) / 2).half().float())
+    assert avg["bn.num_batches_tracked"].item() == 20
+
+
+def test_average_rejects_mismatched_checkpoints():
+    a, b = _state(0, 1), _state(1, 1)
+    b["w"] = torch.zeros(2, 2)
+    with pytest.raises(AverageError, match="w has shape"):
+        average_state_dicts([a, b], ["x.pt", "y.pt"])
+    c = dict(_state(2, 1))
+    c["extra"] = torch.zeros(1)
+    with pytest.raises(AverageError, match="parameter names differ"):
+        average_state_dicts([a, c], ["x.pt", "z.pt"])
+
+
+def test_find_checkpoints_icefall_convention(tmp_path):
+    for e in (1, 2, 3, 4):
+        _save(tmp_path / f"epoch-{e}.pt", _state(e, e), e)
+    assert [p.name for p in find_checkpoints(tmp_path, 4, 3)] == ["epoch-2.pt", "epoch-3.pt", "epoch-4.pt"]
+    assert [p.name for p in find_checkpoints(tmp_path, 2, 1)] == ["epoch-2.pt"]
+    with pytest.raises(AverageError, match="epoch-5.pt"):
+        find_checkpoints(tmp_path, 5, 2)
+    with pytest.raises(AverageError, match="epochs start at 1"):
+        find_checkpoints(tmp_path, 2, 3)
+
+
+def test_average_cli_writes_pretrained_without_train_state(tmp_path):
+    from click.testing import CliRunner
+
+    from synthasr.cli.train import average
+
+    states = [_state(e, e) for e in (1, 2, 3)]
+    for e, s in zip((1, 2, 3), states):
+        _save(tmp_path / f"epoch-{e}.pt", s, e)
+    out = tmp_path / "pretrained.pt"
+    result = CliRunner().invoke(average, ["--exp-dir", str(tmp_path), "--epoch", "3", "--avg", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ckpt = load_checkpoint(out)
+    assert "train_state" not in ckpt
+    assert torch.allclose(ckpt["model"]["w"], (states[1]["w"] + states[2]["w"]) / 2, atol=1e-7)
+    assert ckpt["model_config"]["vocab_size"] == 9 and tokenizer_proto(ckpt) == b"proto"
+    assert ckpt["meta"]["averaged_from"] == ["epoch-2.pt", "epoch-3.pt"]
+    missing = CliRunner().invoke(average, ["--exp-dir", str(tmp_path), "--epoch", "5", "--avg", "1"])
+    assert missing.exit_code == 1 and "epoch-5.pt" in missing.output
