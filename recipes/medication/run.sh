@@ -7,7 +7,8 @@
 # Every stage calls the synthasr library/CLI; nothing here trains or decodes by itself.
 # Outputs: data/<config-name>/ (text, audio, manifests, features, BPE) and exp/<config-name>/
 # (checkpoints, decode results, report). A finished stage leaves a .done marker and is skipped on a
-# rerun (use --force to redo the selected stages); an interrupted stage resumes where it stopped.
+# rerun; an interrupted stage resumes where it stopped. --force reruns a stage's commands despite its
+# marker; the tools still reuse complete outputs (delete e.g. exp/<config>/<stage>/ to retrain it).
 set -euo pipefail
 
 invoked_from=$PWD  # relative --corpus-dir paths are relative to where run.sh was called from
@@ -21,18 +22,18 @@ general_corpus=   # librispeech | mini_librispeech: real general-domain speech i
 corpus_dir=
 
 stage_names=(
-  "0:prepare_text      medication names + carrier sentences, general-domain sentences"
-  "1:voices            split TTS voices into disjoint train / held-out test pools"
-  "2:tts_general       synthesize general-domain text (train/held-out voices), or with --general-corpus: a local LibriSpeech copy"
-  "3:tts_medication    synthesize medication text (train voices; held-out voices for dev/test/unseen)"
-  "4:fbank             80-dim fbank features (lilcom) for every manifest"
-  "5:bpe               sentencepiece BPE on general-domain training text (the baseline's units)"
-  "6:baseline          train the general-domain baseline RNN-T (schedule stage 'general')"
-  "7:adapt             multi-stage adaptation: weighted mixing + augmentation + freezing + EWC"
-  "8:ablation          ablation stages (synthetic-only, +mixing, +augmentation, +freezing)"
-  "9:decode            modified beam search with and without medication hotword biasing"
-  "10:export           pretrained.pt (+ ONNX for sherpa-onnx)"
-  "11:report           report.json/md/png and RESULTS.md"
+  "0:prepare_text:medication names + carrier sentences, general-domain sentences"
+  "1:voices:split TTS voices into disjoint train / held-out test pools"
+  "2:tts_general:synthesize general-domain text (train/held-out voices), or with --general-corpus: a local LibriSpeech copy"
+  "3:tts_medication:synthesize medication text (train voices; held-out voices for dev/test/unseen)"
+  "4:fbank:80-dim fbank features (lilcom) for every manifest"
+  "5:bpe:sentencepiece BPE on general-domain training text (the baseline's units)"
+  "6:baseline:train the general-domain baseline RNN-T (schedule stage 'general')"
+  "7:adapt:multi-stage adaptation: weighted mixing + augmentation + freezing + EWC"
+  "8:ablation:ablation stages from the baseline: synthetic-only, +mixing, +augmentation"
+  "9:decode:modified beam search with and without medication hotword biasing"
+  "10:export:pretrained.pt (+ ONNX for sherpa-onnx)"
+  "11:report:report.json/md/png and RESULTS.md"
 )
 
 usage() {
@@ -41,7 +42,8 @@ Usage: $0 [options]
   --config FILE      recipe config (default: $config); smoke: conf/smoke.yaml, GPU: conf/gpu.yaml
   --stage N          first stage to run (default: $stage)
   --stop-stage M     last stage to run (default: $stop_stage)
-  --force            redo the selected stages even if their .done marker exists
+  --force            rerun the selected stages even if their .done marker exists (complete
+                     outputs are still reused: delete exp/<config>/<stage>/ to retrain a stage)
   --general-corpus C real general-domain speech instead of synthetic: librispeech | mini_librispeech
   --corpus-dir DIR   local copy of that corpus (DIR/LibriSpeech/<part>/... or DIR = .../LibriSpeech);
                      nothing is downloaded. Optional config keys: general_corpus.{train_parts,
@@ -50,7 +52,11 @@ Usage: $0 [options]
 
 Stages:
 EOF
-  for s in "${stage_names[@]}"; do printf '  %-4s %s\n' "${s%%:*}" "${s#*:}"; done
+  local n sname desc
+  for s in "${stage_names[@]}"; do
+    IFS=: read -r n sname desc <<< "$s"
+    printf '  %-4s %-16s %s\n' "$n" "$sname" "$desc"
+  done
 }
 
 while [ $# -gt 0 ]; do
@@ -88,6 +94,7 @@ case "$corpus_dir" in ""|/*) ;; *) corpus_dir=$invoked_from/$corpus_dir ;; esac
 
 PYTHON=${PYTHON:-python3}
 conf() { "$PYTHON" local/conf.py "$config" "$@"; }
+"$PYTHON" local/conf.py --check "$config" || exit 2  # unknown keys / wrong types: one-line error
 
 name=$(basename "$config" .yaml)
 data=data/$name
@@ -233,12 +240,12 @@ if should_run 8 ablation; then
 fi
 
 baseline_stage=$(conf stages.baseline)
-final_stage=$(conf stages.adapt | awk '{print $NF}')
+final_stage=$(conf results.final_stage)
 if should_run 9 decode; then
   # Hotword list = the medication names the recipe trained on (names_used.txt, role seen) plus the
   # unseen ones: a deployment would bias towards every name on its formulary.
   cut -f1 "$data/text/names_used.txt" > "$data/text/hotwords.txt"
-  method=$(conf decode.method modified_beam_search)
+  method=modified_beam_search  # hotword biasing lives in the beam search; both rows use it
   for model_stage in "$baseline_stage" "$final_stage"; do
     for part in general_test med_test med_test_unseen; do
       synthasr evaluate --model "$exp/$model_stage/final.pt" --cuts "$data/fbank/${part}_cuts_fbank.jsonl.gz" \
@@ -264,7 +271,8 @@ if should_run 11 report; then
     || echo "synthetic speech: TTS of fortunes + WordNet sentences (local/prepare_text.py)")
   log "general domain: $general_domain"
   synthasr report --exp-dir "$exp"
-  $PYTHON local/write_results.py --config "$config" --exp-dir "$exp" --data-dir "$data" --out RESULTS.md
+  $PYTHON local/write_results.py --config "$config" --exp-dir "$exp" --data-dir "$data" \
+    --out "$(conf results.out "$exp/RESULTS.md")"
   mark_done 11 report
 fi
 

@@ -1,7 +1,6 @@
 """``synthasr train`` (one stage from a YAML, or a multi-stage schedule) and ``synthasr average``."""
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -55,22 +54,12 @@ def _run_single_stage(config: str, exp_dir: Optional[str], overrides: Dict[str, 
     return fit(cfg, exp, train_cuts, dev_cuts, tokenizer)
 
 
-def _run_schedule(schedule: str, exp_dir: Optional[str], overrides: Dict[str, Any], stages: Sequence[str]) -> Any:
-    """Call the CL colleague's ``run_schedule`` with whichever of our options it accepts."""
-    from synthasr.train.schedule import ScheduleError, run_schedule
+def _run_schedule(schedule: str, exp_dir: Optional[str], overrides: Dict[str, Any], stages: Sequence[str]):
+    from synthasr.train.schedule import run_schedule
 
-    params = inspect.signature(run_schedule).parameters
-    kwargs: Dict[str, Any] = {}
-    for name, option, value in (("exp_dir", "--exp-dir", exp_dir), ("overrides", "--override", overrides),
-                                ("stages", "--stage", list(stages))):
-        if value:
-            if name not in params:
-                raise click.UsageError(f"{option} is not supported with --schedule")
-            kwargs[name] = value
-    try:
-        return run_schedule(schedule, **kwargs)
-    except ScheduleError as e:
-        raise click.ClickException(str(e)) from None
+    if overrides:
+        raise click.UsageError("--override applies to --config; edit the schedule's base.train or a stage instead")
+    return run_schedule(schedule, exp_dir=exp_dir, stages=list(stages) or None)
 
 
 def _console_logging() -> None:
@@ -98,6 +87,7 @@ def train(config: Optional[str], schedule: Optional[str], exp_dir: Optional[str]
     from synthasr.checkpoint import CheckpointError
     from synthasr.config import ConfigError
     from synthasr.data.dataset import DatasetError
+    from synthasr.train.schedule import ScheduleError
     from synthasr.train.trainer import TrainingError
 
     if (config is None) == (schedule is None):
@@ -112,9 +102,13 @@ def train(config: Optional[str], schedule: Optional[str], exp_dir: Optional[str]
             click.echo(f"final model: {final}")
         else:
             result = _run_schedule(schedule, exp_dir, parsed, stages)
-            if result is not None:
-                click.echo(f"schedule finished: {result}")
-    except (ConfigError, TrainingError, CheckpointError, DatasetError) as e:
+            for stage in result.stages:
+                wers = ", ".join(f"{name} {r['wer']:.2f}" for name, r in stage.results.items())
+                done = "skipped, finished earlier" if stage.skipped else "trained"
+                click.echo(f"stage {stage.name} ({done}): {stage.checkpoint}; WER % {wers}")
+            if result.report is not None:
+                click.echo(f"report: {result.exp_dir / 'report.md'}")
+    except (ConfigError, ScheduleError, TrainingError, CheckpointError, DatasetError) as e:
         raise click.ClickException(str(e)) from None
 
 

@@ -1,19 +1,123 @@
 #!/usr/bin/env python3
-"""Read one value from the recipe YAML for run.sh: ``conf.py conf/default.yaml tts.num_jobs``.
+"""The recipe config: its schema, a strict check, and one-value reads for run.sh.
 
-Lists are printed space-separated and mappings as ``k=v`` pairs, so shell code can loop over them.
-A missing key is a one-line error naming the file and key (no silent empty strings).
+    conf.py --check conf/default.yaml          # unknown keys / wrong types -> one-line error, exit 1
+    conf.py conf/default.yaml tts.num_jobs     # print one value (lists space-separated, maps k=v)
+    conf.py conf/default.yaml key default      # ... or the default when the key is absent
+
+The schema below is the reference for every key (docs/configuration.md mirrors it). The training
+schedule has its own strict schema (synthasr.train.schedule) and is checked when stage 6 starts.
 """
+from __future__ import annotations
+
 import sys
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
 
 import yaml
 
 
-def main() -> int:
-    if len(sys.argv) not in (3, 4):
-        print("usage: conf.py CONFIG.yaml dotted.key [default]", file=sys.stderr)
-        return 2
-    path, key = sys.argv[1], sys.argv[2]
+@dataclass
+class TextConfig:
+    """local/prepare_text.py sizes."""
+
+    num_names: int = 400
+    unseen_fraction: float = 0.1
+    num_med_train: int = 3000
+    num_med_dev: int = 300
+    num_med_test: int = 300
+    num_med_test_unseen: int = 300
+    num_general_train: int = 20000
+    num_general_dev: int = 500
+    num_general_test: int = 500
+
+
+@dataclass
+class TtsConfig:
+    engines: List[str] = field(default_factory=lambda: ["espeak", "piper"])
+    engine_weights: Dict[str, float] = field(default_factory=dict)
+    test_voice_fraction: float = 0.25
+    holdout: List[str] = field(default_factory=list)
+    num_train_voices: int = 60
+    num_test_voices: int = 20
+    num_jobs: int = 2
+    failure_threshold: float = 0.05
+
+
+@dataclass
+class BpeConfig:
+    vocab_size: int = 500
+    model_type: str = "bpe"
+
+
+@dataclass
+class StagesConfig:
+    """Which schedule stages recipe stages 6 (baseline), 7 (adapt) and 8 (ablation) run."""
+
+    baseline: List[str] = field(default_factory=list)
+    adapt: List[str] = field(default_factory=list)
+    ablation: List[str] = field(default_factory=list)
+
+
+@dataclass
+class DecodeConfig:
+    beam_size: int = 4
+    hotword_score: float = 2.0
+
+
+@dataclass
+class TargetsConfig:
+    new_domain_relative_reduction: float = 65.0
+    general_relative_change_max: float = 2.0
+
+
+@dataclass
+class ResultsConfig:
+    final_stage: str = ""
+    targets: TargetsConfig = field(default_factory=TargetsConfig)
+    rows: Dict[str, str] = field(default_factory=dict)
+    out: Optional[str] = None
+
+
+@dataclass
+class GeneralCorpusConfig:
+    """Only read with run.sh --general-corpus."""
+
+    train_parts: Optional[List[str]] = None
+    dev_part: Optional[str] = None
+    test_part: Optional[str] = None
+    max_train_hours: Optional[float] = None
+
+
+@dataclass
+class RecipeConfig:
+    schedule: str
+    seed: int = 0
+    text: TextConfig = field(default_factory=TextConfig)
+    tts: TtsConfig = field(default_factory=TtsConfig)
+    bpe: BpeConfig = field(default_factory=BpeConfig)
+    stages: StagesConfig = field(default_factory=StagesConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    results: ResultsConfig = field(default_factory=ResultsConfig)
+    general_corpus: GeneralCorpusConfig = field(default_factory=GeneralCorpusConfig)
+
+
+def check(path: str) -> int:
+    from synthasr.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(RecipeConfig, path)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if not cfg.results.final_stage or cfg.results.final_stage not in cfg.stages.adapt + cfg.stages.baseline:
+        print(f"error: {path}: results.final_stage must name a stage of stages.adapt, got "
+              f"{cfg.results.final_stage!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def read_value(path: str, key: str, default: Optional[str]) -> int:
     try:
         with open(path, encoding="utf-8") as f:
             node = yaml.safe_load(f) or {}
@@ -22,8 +126,8 @@ def main() -> int:
         return 1
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            if len(sys.argv) == 4:
-                print(sys.argv[3])
+            if default is not None:
+                print(default)
                 return 0
             print(f"{path}: missing key {key}", file=sys.stderr)
             return 1
@@ -39,5 +143,14 @@ def main() -> int:
     return 0
 
 
+def main(argv: List[str]) -> int:
+    if len(argv) == 2 and argv[0] == "--check":
+        return check(argv[1])
+    if len(argv) in (2, 3):
+        return read_value(argv[0], argv[1], argv[2] if len(argv) == 3 else None)
+    print("usage: conf.py --check CONFIG.yaml | conf.py CONFIG.yaml dotted.key [default]", file=sys.stderr)
+    return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

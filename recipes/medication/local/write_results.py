@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""Write the recipe's RESULTS.md from what the run measured (never edited by hand).
+
+Reads: ``<exp>/report.json`` (synthasr report), ``<exp>/<stage>/decode_biasing/wer-*.json`` (stage 9),
+``<exp>/.done.*`` (wall time per recipe stage), the TTS manifests (voices per split, to show that
+test voices never occur in training), ``<data>/text/summary.json`` and the recipe config's
+``results`` section (row labels of the ablation table, the final stage, the targets).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+import click
+import yaml
+
+from synthasr.utils.io import atomic_write
+
+SYNTHETIC_GENERAL = "synthetic speech: TTS of fortunes + WordNet sentences (local/prepare_text.py)"
+TTS_PARTS = ["general_train", "general_dev", "general_test", "med_train", "med_dev", "med_test", "med_test_unseen"]
+
+
+class ResultsError(RuntimeError):
+    """An input the results page needs is missing; the message names it."""
+
+
+def _read_json(path: Path) -> Dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: not found (run the stage that writes it first)") from None
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+
+
+def _fmt(v: Optional[float], signed: bool = False, digits: int = 2) -> str:
+    if v is None:
+        return "–"
+    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+
+
+def _relative(value: Optional[float], base: Optional[float]) -> Optional[float]:
+    if value is None or base is None or base == 0:
+        return None
+    return 100.0 * (value - base) / base
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, StopIteration, ValueError):
+        pass
+    import torch
+
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{cpu}, {os.cpu_count()} cores{mem}{gpu}; Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def commit_hash() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+        return out.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def stage_times(exp: Path) -> List[Tuple[int, str, int]]:
+    rows = []
+    for marker in exp.glob(".done.*"):
+        _, _, num, name = marker.name.split(".", 3)
+        try:
+            rows.append((int(num), name, int(marker.read_text().strip() or 0)))
+        except ValueError:
+            continue
+    return sorted(rows)
+
+
+def voices_by_split(tts_dir: Path) -> Dict[str, Tuple[Set[str], Dict[str, int], float]]:
+    """split -> (voice ids, utterances per engine, hours), read from the supervision manifests."""
+    out = {}
+    for part in TTS_PARTS:
+        path = tts_dir / f"{part}_supervisions.jsonl.gz"
+        if not path.is_file():
+            continue
+        voices, engines, seconds = set(), {}, 0.0
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                sup = json.loads(line)
+                custom = sup.get("custom") or {}
+                seconds += float(sup.get("duration", 0.0))
+                engine = custom.get("engine", custom.get("source", "?"))
+                engines[engine] = engines.get(engine, 0) + 1
+                if custom.get("voice"):
+                    voices.add(custom["voice"])
+        out[part] = (voices, engines, seconds / 3600)
+    return out
+
+
+def biasing_rows(exp: Path, stages: List[str]) -> List[Tuple[str, str, str, Optional[float]]]:
+    rows = []
+    for stage in stages:
+        for path in sorted((exp / stage / "decode_biasing").glob("wer-*.json")):
+            data = _read_json(path)
+            rows.append((stage, data["test_set"], data["settings"], data["word"]["wer"]))
+    return rows
+
+
+def render(cfg: Dict[str, Any], config_path: str, exp: Path, data: Path) -> str:
+    report = _read_json(exp / "report.json")
+    res = cfg.get("results") or {}
+    labels: Dict[str, str] = res.get("rows") or {s: s for s in report["stages"]}
+    baseline = report["baseline"]
+    final = res.get("final_stage") or report["stages"][-1]
+    if final not in report["wer"]:
+        raise ResultsError(f"{config_path}: results.final_stage {final!r} has no results in {exp / 'report.json'}")
+    sets = list(report["eval_sets"])
+    domain_of = report["eval_sets"]
+    general_sets = [s for s in sets if domain_of[s] == report["general_domain"]]
+    new_sets = [s for s in sets if s not in general_sets]
+    general_line = SYNTHETIC_GENERAL
+    gd_file = data / "tts" / "general_domain.txt"
+    if gd_file.is_file():
+        general_line = gd_file.read_text(encoding="utf-8").strip()
+
+    L: List[str] = []
+    L += [
+        "# Medication recipe: results",
+        "",
+        f"Written by `run.sh` stage 11 (`local/write_results.py`) on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}"
+        f" from `{config_path}`; do not edit by hand. Commit {commit_hash()}.",
+        "",
+        f"* Hardware: {hardware()}.",
+        f"* General domain: {general_line}.",
+        "* New domain: synthetic speech of medication carrier sentences (real drug names, see `local/README.md`).",
+        "* Every dev/test utterance is spoken by a voice that never speaks a training utterance (see the voice table).",
+        "",
+        f"## Baseline vs final (`{baseline}` → `{final}`), WER %",
+        "",
+        "| eval set | domain | baseline | final | relative change |",
+        "|---|---|---|---|---|",
+    ]
+    for s in sets:
+        b, f = report["wer"][baseline][s], report["wer"][final][s]
+        L.append(f"| {s} | {domain_of[s]} | {_fmt(b)} | {_fmt(f)} | {_fmt(_relative(f, b), signed=True, digits=1)} % |")
+    targets = res.get("targets") or {}
+    new_goal = float(targets.get("new_domain_relative_reduction", 65.0))
+    gen_goal = float(targets.get("general_relative_change_max", 2.0))
+    new_rel = [_relative(report["wer"][final][s], report["wer"][baseline][s]) for s in new_sets]
+    gen_rel = [_relative(report["wer"][final][s], report["wer"][baseline][s]) for s in general_sets]
+    L += ["", "Targets (measured above, on held-out voices):", ""]
+    for s, r in zip(new_sets, new_rel):
+        ok = r is not None and -r >= new_goal
+        L.append(f"* {s}: relative WER reduction {_fmt(None if r is None else -r, digits=1)} % "
+                 f"(target ≥ {new_goal:g} %): **{'met' if ok else 'not met'}**")
+    for s, r in zip(general_sets, gen_rel):
+        ok = r is not None and r <= gen_goal
+        L.append(f"* {s}: relative WER change {_fmt(r, signed=True, digits=1)} % "
+                 f"(target ≤ +{gen_goal:g} %): **{'met' if ok else 'not met'}**")
+
+    L += ["", "## Ablation (each row starts from the baseline unless it says otherwise), WER %", "",
+          "| system | stage | " + " | ".join(sets) + " | backward transfer (abs.) |",
+          "|---|---|" + "---|" * len(sets) + "---|"]
+    for stage in report["stages"]:
+        cells = []
+        for s in sets:
+            v, r = report["wer"][stage][s], report["relative_wer"][stage][s]
+            cells.append(_fmt(v) if stage == baseline else f"{_fmt(v)} ({_fmt(r, signed=True, digits=1)} %)")
+        L.append(f"| {labels.get(stage, stage)} | `{stage}` | " + " | ".join(cells) +
+                 f" | {_fmt(report['backward_transfer'][stage], signed=True)} |")
+
+    bias = biasing_rows(exp, [baseline, final])
+    if bias:
+        L += ["", "## Hotword biasing (modified beam search; hotwords = the recipe's medication names), WER %", "",
+              "| model | eval set | decoding | WER |", "|---|---|---|---|"]
+        for stage, test_set, settings, wer in bias:
+            L.append(f"| `{stage}` | {test_set} | {settings} | {_fmt(wer)} |")
+        L += ["", "On the general-domain set, the biased rows measure false insertions caused by the list."]
+
+    voices = voices_by_split(data / "tts")
+    if voices:
+        train_voices = set().union(*(v[0] for p, v in voices.items() if p.endswith("_train")))
+        L += ["", "## Data", "", "| split | hours | distinct voices | utterances per engine | voices shared with training |",
+              "|---|---|---|---|---|"]
+        for part, (vs, engines, hours) in voices.items():
+            shared = "–" if part.endswith("_train") else str(len(vs & train_voices))
+            eng = ", ".join(f"{k}={v}" for k, v in sorted(engines.items()))
+            L.append(f"| {part} | {hours:.2f} | {len(vs)} | {eng} | {shared} |")
+    summary = data / "text" / "summary.json"
+    if summary.is_file():
+        s = _read_json(summary)
+        L += ["", f"Medication names: {s.get('names_seen')} in training text, {s.get('names_unseen')} held out "
+                  f"(`med_test_unseen`); vocabulary {s.get('vocab_med_train')} words (medication train), "
+                  f"{s.get('vocab_general_train')} words (general train)."]
+
+    times = stage_times(exp)
+    if times:
+        L += ["", "## Wall time per recipe stage", "", "| stage | name | seconds |", "|---|---|---|"]
+        L += [f"| {n} | {name} | {secs} |" for n, name, secs in times]
+        L += [f"| | total | {sum(t[2] for t in times)} |"]
+    L += ["", f"Full tables (CER, relative change, backward transfer) and a plot: `{exp}/report.md`, `{exp}/report.png`."]
+    return "\n".join(L) + "\n"
+
+
+@click.command()
+@click.option("--config", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--exp-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", default="RESULTS.md", show_default=True, type=click.Path(dir_okay=False, path_type=Path))
+def main(config: str, exp_dir: Path, data_dir: Path, out: Path) -> None:
+    """Render RESULTS.md from the measured outputs of a recipe run."""
+    try:
+        cfg = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+        text = render(cfg, config, exp_dir, data_dir)
+    except (ResultsError, yaml.YAMLError) as e:
+        raise click.ClickException(str(e)) from None
+    with atomic_write(out) as f:
+        f.write(text)
+    click.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The medication recipe end to end on conf/smoke.yaml: every stage for real, on tiny sizes.
+
+This is the CI run of the whole pipeline (text -> TTS -> fbank -> BPE -> baseline -> multi-stage
+adaptation -> ablations -> biased decoding -> export -> report). It asserts what the project
+promises, measured on held-out voices: the adapted model beats the baseline on the new domain, and
+the full schedule (mixing + augmentation + freezing + EWC) hurts the general domain less than a
+fine-tune on synthetic speech alone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "medication"
+
+
+def _run(cmd, cwd: Path, timeout: int = 1500) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHON"] = sys.executable
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    """A private copy of the recipe (so a developer's own data/ and exp/ are never touched), run once."""
+    work = tmp_path_factory.mktemp("recipe") / "medication"
+    work.mkdir()
+    for item in ("run.sh", "conf", "local"):
+        src = RECIPE / item
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / item)
+    proc = _run(["./run.sh", "--config", "conf/smoke.yaml"], cwd=work)
+    if proc.returncode != 0:
+        pytest.fail(f"run.sh failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return work
+
+
+def _report(work: Path) -> dict:
+    return json.loads((work / "exp" / "smoke" / "report.json").read_text())
+
+
+def test_report_exists_and_parses(smoke_run: Path) -> None:
+    report = _report(smoke_run)
+    assert report["baseline"] == "general"
+    assert {"general", "adapt_frozen", "adapt_ewc", "synth_only", "mix", "mix_aug"} <= set(report["stages"])
+    assert report["eval_sets"] == {"general_test": "general", "med_test": "medication", "med_test_unseen": "medication"}
+    for stage in report["stages"]:
+        for name, wer in report["wer"][stage].items():
+            assert wer is not None and 0.0 <= wer, (stage, name, wer)
+    assert (smoke_run / "exp" / "smoke" / "report.png").stat().st_size > 1000
+    results = (smoke_run / "exp" / "smoke" / "RESULTS.md").read_text()
+    assert "| (f) + EWC, encoder unfrozen: full multi-stage | `adapt_ewc` |" in results
+
+
+def test_adapted_model_beats_baseline_on_new_domain(smoke_run: Path) -> None:
+    wer = _report(smoke_run)["wer"]
+    assert wer["adapt_ewc"]["med_test"] < wer["general"]["med_test"]
+
+
+def test_full_schedule_forgets_less_than_synthetic_only(smoke_run: Path) -> None:
+    bwt = _report(smoke_run)["backward_transfer"]  # general-domain WER change vs the baseline
+    assert bwt["adapt_ewc"] < bwt["synth_only"]
+
+
+def test_held_out_voices_never_speak_training_text(smoke_run: Path) -> None:
+    from lhotse import load_manifest
+
+    tts = smoke_run / "data" / "smoke" / "tts"
+
+    def voices(part: str) -> set:
+        return {s.custom["voice"] for s in load_manifest(tts / f"{part}_supervisions.jsonl.gz")}
+
+    train = voices("general_train") | voices("med_train")
+    for part in ("general_test", "med_test", "med_test_unseen"):
+        assert voices(part) and not (voices(part) & train), part
+
+
+def test_every_manifest_validates(smoke_run: Path) -> None:
+    from lhotse import load_manifest, validate
+
+    manifests = sorted((smoke_run / "data" / "smoke").glob("*/*_cuts*.jsonl.gz"))
+    assert len(manifests) == 14  # 7 TTS cut sets + their 7 fbank versions
+    for path in manifests:
+        validate(load_manifest(path), read_data=False)
+
+
+def test_exports_for_sherpa_onnx(smoke_run: Path) -> None:
+    onnx_dir = smoke_run / "exp" / "smoke" / "onnx"
+    for name in ("encoder.onnx", "decoder.onnx", "joiner.onnx", "tokens.txt"):
+        assert (onnx_dir / name).stat().st_size > 0, name
+    assert (smoke_run / "exp" / "smoke" / "pretrained.pt").is_file()
+
+
+def test_rerun_skips_finished_stages_and_changes_nothing(smoke_run: Path) -> None:
+    def snapshot() -> dict:
+        return {p: p.stat().st_mtime_ns for p in (smoke_run / "data").rglob("*") if p.is_file()} | {
+            p: p.stat().st_mtime_ns for p in (smoke_run / "exp").rglob("*.pt")}
+
+    before = snapshot()
+    proc = _run(["./run.sh", "--config", "conf/smoke.yaml"], cwd=smoke_run, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("skipping") == 12  # every stage 0..11 has its .done marker
+    assert snapshot() == before
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    proc = _run([str(RECIPE / "run.sh"), "--bogus"], cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().endswith("unknown option '--bogus' (see --help)")
+    proc = _run([str(RECIPE / "run.sh"), "--stage", "x"], cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and "stage numbers must be non-negative integers" in proc.stderr
+    proc = _run([str(RECIPE / "run.sh"), "--help"], cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0 and "11   report" in proc.stdout
