@@ -78,6 +78,11 @@ def from_dict(cls: Type[T], data: Any, where: str = "config", key: str = "") -> 
         raise ConfigError(
             f"{where}: unknown key {prefix}{unknown[0]!s} (valid keys: {', '.join(sorted(fields))})"
         )
+    missing = [n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    if missing:
+        prefix = f"{key}." if key else ""
+        raise ConfigError(f"{where}: missing required key {prefix}{missing[0]}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():

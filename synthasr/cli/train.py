@@ -82,7 +82,7 @@ def train(config: Optional[str], schedule: Optional[str], exp_dir: Optional[str]
           stages: Sequence[str]) -> None:
     """Train an RNN-T model; resumes automatically from the newest checkpoint in the exp dir.
 
-    Multi-GPU/CPU DDP: ``torchrun --nproc_per_node N $(which synthasr) train --config ...``.
+    Multi-GPU/CPU DDP: ``torchrun --nproc_per_node N -m synthasr train --config ...``.
     """
     from synthasr.checkpoint import CheckpointError
     from synthasr.config import ConfigError

@@ -102,30 +102,38 @@ class RecipeConfig:
     general_corpus: GeneralCorpusConfig = field(default_factory=GeneralCorpusConfig)
 
 
-def check(path: str) -> int:
-    from synthasr.config import ConfigError, load_config
+def load(path: str) -> RecipeConfig:
+    from synthasr.config import load_config
 
+    cfg = load_config(RecipeConfig, path)
+    if len(cfg.stages.baseline) != 1:
+        raise ValueError(f"{path}: stages.baseline must name exactly one schedule stage, got {cfg.stages.baseline}")
+    if cfg.results.final_stage not in cfg.stages.baseline + cfg.stages.adapt:
+        raise ValueError(f"{path}: results.final_stage must name a stage of stages.adapt or stages.baseline, "
+                         f"got {cfg.results.final_stage!r}")
+    return cfg
+
+
+def check(path: str) -> int:
     try:
-        cfg = load_config(RecipeConfig, path)
-    except ConfigError as e:
+        load(path)
+    except ValueError as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
-        return 1
-    if not cfg.results.final_stage or cfg.results.final_stage not in cfg.stages.adapt + cfg.stages.baseline:
-        print(f"error: {path}: results.final_stage must name a stage of stages.adapt, got "
-              f"{cfg.results.final_stage!r}", file=sys.stderr)
         return 1
     return 0
 
 
 def read_value(path: str, key: str, default: Optional[str]) -> int:
+    """Print one value; keys absent from the YAML take the schema's default (after a full check)."""
+    from synthasr.config import to_dict
+
     try:
-        with open(path, encoding="utf-8") as f:
-            node = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as e:
-        print(f"{path}: cannot read recipe config: {e}", file=sys.stderr)
+        node = to_dict(load(path))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
     for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
+        if not isinstance(node, dict) or part not in node or node[part] is None:
             if default is not None:
                 print(default)
                 return 0
