@@ -232,3 +232,20 @@ def test_config_validation_names_the_key():
         from_dict(AugmentConfig, {"snr_range": [20, 5]}, where="x.yaml")
     with pytest.raises(ConfigError, match="unknown key speeed"):
         from_dict(AugmentConfig, {"speeed": [1.0]}, where="x.yaml")
+
+
+def test_augmented_cut_with_stored_features_is_featurized_from_audio(workdir, cuts, noise):
+    """A cut with precomputed (clean) features must not keep them once its audio is changed: lhotse
+    would otherwise try to mix stored features with a featureless noise cut (a TypeError in training)."""
+    from lhotse import LilcomChunkyWriter
+
+    from synthasr.data.features import make_extractor
+
+    with_feats = CutSet.from_cuts(cuts).compute_and_store_features(
+        make_extractor(), storage_path=workdir / "feats_for_aug", storage_type=LilcomChunkyWriter)
+    assert all(c.has_features for c in with_feats)
+    aug = list(augment_cuts(with_feats, AugmentConfig(noise_prob=1.0, snr_range=[10.0, 10.0]), seed=0, noise_cuts=noise))
+    assert all(not c.has_features for c in aug)
+    assert all(c.load_audio().shape[-1] > 0 for c in aug)
+    untouched = list(augment_cuts(with_feats, AugmentConfig(), seed=0))  # no augmentation drawn
+    assert all(c.has_features for c in untouched)

@@ -78,6 +78,10 @@ def augment_one(cut, cfg: AugmentConfig, rng: random.Random, noise: List, rirs: 
     do_noise, noise_index = rng.random() < cfg.noise_prob, rng.randrange(max(1, len(noise)))
     snr = rng.uniform(*cfg.snr_range)
 
+    if speed != 1.0 or do_volume or do_reverb or do_band or do_mulaw or do_noise:
+        # Precomputed features describe the clean audio; an augmented cut is featurized on the fly.
+        # (Keeping them also breaks noise mixing: lhotse would mix features with a featureless noise cut.)
+        cut = cut.drop_features()
     cut = speed_cut(cut, speed)
     if do_volume:
         cut = volume_cut(cut, volume)
