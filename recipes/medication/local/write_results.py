@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import click
 import yaml
 
+from synthasr.report import _fmt, _relative  # the report's own formatting and relative-change rule
 from synthasr.utils.io import atomic_write
 
 SYNTHETIC_GENERAL = "synthetic speech: TTS of fortunes + WordNet sentences (local/prepare_text.py)"
@@ -38,18 +39,6 @@ def _read_json(path: Path) -> Dict[str, Any]:
         raise ResultsError(f"{path}: not found (run the stage that writes it first)") from None
     except json.JSONDecodeError as e:
         raise ResultsError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-
-
-def _fmt(v: Optional[float], signed: bool = False, digits: int = 2) -> str:
-    if v is None:
-        return "–"
-    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
-
-
-def _relative(value: Optional[float], base: Optional[float]) -> Optional[float]:
-    if value is None or base is None or base == 0:
-        return None
-    return 100.0 * (value - base) / base
 
 
 def hardware() -> str:
