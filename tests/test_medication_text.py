@@ -172,3 +172,16 @@ def test_brand_mapping_needs_generic_plus_salt(tmp_path):
     unii.write_text("bad header\n", encoding="utf-8")
     with pytest.raises(P.TextPrepError, match="unexpected header"):
         P.unii_brands(unii, {})
+
+
+def test_general_vocab_size_closes_the_vocabulary():
+    pool = [(t, t, "x") for t in ("a b", "a c", "b c", "a z", "q r s", "a b c", "c a")]
+    top = P.frequent_words(pool, 3)
+    assert top == {"a", "b", "c"}
+    splits = P.split_general(pool, banned=set(), sizes={"train": 3, "dev": 1, "test": 1},
+                             rng=random.Random(0), vocab_size=3)
+    kept = [s[0] for part in splits.values() for s in part]
+    assert sorted(kept) == sorted(["a b", "a c", "b c", "a b c", "c a"])
+    with pytest.raises(P.TextPrepError, match="3 most frequent words"):
+        P.split_general(pool, banned=set(), sizes={"train": 6, "dev": 0, "test": 0}, rng=random.Random(0),
+                        vocab_size=3)

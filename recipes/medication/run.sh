@@ -137,7 +137,8 @@ if should_run 0 prepare_text; then
     --num-train "$(conf text.num_med_train)" --num-dev "$(conf text.num_med_dev)" \
     --num-test "$(conf text.num_med_test)" --num-test-unseen "$(conf text.num_med_test_unseen)" \
     --num-general-train "$(conf text.num_general_train)" --num-general-dev "$(conf text.num_general_dev)" \
-    --num-general-test "$(conf text.num_general_test)" 2>&1 | tee "$exp/log/prepare_text.log"
+    --num-general-test "$(conf text.num_general_test)" \
+    --general-vocab-size "$(conf text.general_vocab_size 0)" 2>&1 | tee "$exp/log/prepare_text.log"
   mark_done 0 prepare_text
 fi
 

@@ -30,6 +30,7 @@ class TextConfig:
     num_general_train: int = 20000
     num_general_dev: int = 500
     num_general_test: int = 500
+    general_vocab_size: int = 0
 
 
 @dataclass
@@ -62,7 +63,7 @@ class StagesConfig:
 @dataclass
 class DecodeConfig:
     beam_size: int = 4
-    hotword_score: float = 2.0
+    hotword_score: float = 0.5
 
 
 @dataclass

@@ -506,16 +506,34 @@ def make_med_splits(
 # ---------------------------------------------------------------------------------------------
 
 
+def frequent_words(sentences: Sequence[Tuple[str, str, str]], vocab_size: int) -> Set[str]:
+    """The ``vocab_size`` most frequent words of the pool (ties broken alphabetically: reproducible)."""
+    counts = collections.Counter(w for s in sentences for w in s[0].split())
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return {w for w, _ in ranked[:vocab_size]}
+
+
 def split_general(
-    sentences: Sequence[Tuple[str, str, str]], banned: Set[str], sizes: Dict[str, int], rng: random.Random
+    sentences: Sequence[Tuple[str, str, str]], banned: Set[str], sizes: Dict[str, int], rng: random.Random,
+    vocab_size: int = 0,
 ) -> Dict[str, List[Tuple[str, str, str]]]:
-    """Drop sentences containing a banned word (drug names), shuffle, cut disjoint splits."""
+    """Drop sentences containing a banned word (drug names), shuffle, cut disjoint splits.
+
+    ``vocab_size`` > 0 keeps only sentences whose words are all among the pool's ``vocab_size`` most
+    frequent words: a closed-vocabulary general domain that a small model can learn in minutes (the
+    smoke config), so forgetting is measured on a domain the baseline actually knows.
+    """
     clean = [s for s in sentences if not banned.intersection(s[0].split())]
+    if vocab_size > 0:
+        allowed = frequent_words(clean, vocab_size)
+        clean = [s for s in clean if allowed.issuperset(s[0].split())]
     clean.sort()
     rng.shuffle(clean)
     need = sum(sizes.values())
     if need > len(clean):
-        raise TextPrepError(f"asked for {need} general sentences but only {len(clean)} clean ones exist; lower --num-general-*")
+        limit = f" within the {vocab_size} most frequent words" if vocab_size > 0 else ""
+        raise TextPrepError(f"asked for {need} general sentences but only {len(clean)} clean ones exist{limit}; "
+                            "lower --num-general-* (or raise --general-vocab-size)")
     out, start = {}, 0
     for split in ("train", "dev", "test"):
         out[split] = clean[start: start + sizes[split]]
@@ -580,7 +598,7 @@ def summarize(
 def prepare(
     out_dir: Path, seed: int, num_names: int, unseen_fraction: float, med_sizes: Dict[str, int],
     general_sizes: Dict[str, int], fortune_dir: Path = FORTUNES_DIR, wordnet_dir: Path = WORDNET_DIR,
-    log: Callable[[str], None] = lambda msg: None,
+    log: Callable[[str], None] = lambda msg: None, general_vocab_size: int = 0,
 ) -> dict:
     """Run the whole text stage; returns the summary (also written to ``summary.json``)."""
     log("reading general text (fortunes, WordNet examples)")
@@ -593,7 +611,8 @@ def prepare(
     seen, unseen = choose_names(names, num_names, unseen_fraction, rng)
     med = make_med_splits(seen, unseen, med_sizes, rng)
     # Ban every qualifying name, not only the sampled ones: the baseline must not know any of them.
-    general = split_general(general_all, {n.name for n in names}, general_sizes, random.Random(seed + 1))
+    general = split_general(general_all, {n.name for n in names}, general_sizes, random.Random(seed + 1),
+                            vocab_size=general_vocab_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_write(out_dir / "medication_names.txt") as f:
         f.write("".join(f"{n.name}\t{n.kind}\t{n.generic}\t{n.source}\n" for n in names))
@@ -606,6 +625,7 @@ def prepare(
         _write_jsonl(out_dir / f"general_{split}.jsonl", _general_records(split, sentences))
     summary = summarize(names, seen, unseen, med, general)
     summary["seed"] = seed
+    summary["general_vocab_size"] = general_vocab_size
     with atomic_write(out_dir / "summary.json") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -625,18 +645,21 @@ def prepare(
 @click.option("--num-general-train", default=20000, show_default=True, type=click.IntRange(min=0))
 @click.option("--num-general-dev", default=500, show_default=True, type=click.IntRange(min=0))
 @click.option("--num-general-test", default=500, show_default=True, type=click.IntRange(min=0))
+@click.option("--general-vocab-size", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Keep only general sentences made of the N most frequent words (0: no limit).")
 @click.option("--fortune-dir", default=str(FORTUNES_DIR), show_default=True, type=click.Path(path_type=Path))
 @click.option("--wordnet-dir", default=str(WORDNET_DIR), show_default=True, type=click.Path(path_type=Path))
 def main(out_dir: Path, seed: int, num_names: int, unseen_fraction: float, num_train: int, num_dev: int,
          num_test: int, num_test_unseen: Optional[int], num_general_train: int, num_general_dev: int,
-         num_general_test: int, fortune_dir: Path, wordnet_dir: Path) -> None:
+         num_general_test: int, general_vocab_size: int, fortune_dir: Path, wordnet_dir: Path) -> None:
     """Write medication and general-domain text splits for the medication recipe."""
     med_sizes = {"train": num_train, "dev": num_dev, "test": num_test,
                  "test_unseen": num_test if num_test_unseen is None else num_test_unseen}
     general_sizes = {"train": num_general_train, "dev": num_general_dev, "test": num_general_test}
     try:
         summary = prepare(out_dir, seed, num_names, unseen_fraction, med_sizes, general_sizes,
-                          fortune_dir, wordnet_dir, log=lambda m: click.echo(f"[prepare_text] {m}", err=True))
+                          fortune_dir, wordnet_dir, log=lambda m: click.echo(f"[prepare_text] {m}", err=True),
+                          general_vocab_size=general_vocab_size)
     except TextPrepError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"[prepare_text] wrote {out_dir}")
