@@ -1,12 +1,12 @@
 """The medication recipe end to end on conf/smoke.yaml: every stage for real, on tiny sizes.
 
 This is the CI run of the whole pipeline (text -> TTS -> fbank -> BPE -> baseline -> multi-stage
-adaptation -> ablations -> biased decoding -> export -> report). It asserts, on held-out voices,
-that the adapted model beats the baseline on the new domain.
-
-Not asserted: that the full schedule forgets less than a synthetic-only fine-tune. At this size it
-does not (measured: general-domain WER change +0.0 for adapt_ewc vs -0.5 points for synth_only on
-24 utterances, i.e. noise), and at the default config's budget it does not either (see RESULTS.md).
+adaptation -> ablations -> biased decoding -> export -> report). On held-out voices, with the seeds
+fixed, it asserts the continual-learning claim in miniature: the full multi-stage schedule
+(`adapt_ewc`) lowers new-domain WER below the baseline's, and forgets the general domain less than a
+synthetic-only fine-tune (one 100-step stage; the schedule runs two). Measured when written (2 CPU
+cores), domain WER general / medication: baseline 73.7 / 91.9, adapt_ewc 71.4 / 83.5, synth_only
+78.2 / 81.0.
 """
 from __future__ import annotations
 
@@ -58,12 +58,20 @@ def test_report_exists_and_parses(smoke_run: Path) -> None:
             assert wer is not None and 0.0 <= wer, (stage, name, wer)
     assert (smoke_run / "exp" / "smoke" / "report.png").stat().st_size > 1000
     results = (smoke_run / "exp" / "smoke" / "RESULTS.md").read_text()
-    assert "| (f) + EWC, encoder unfrozen: full multi-stage | `adapt_ewc` |" in results
+    assert "| (f) then EWC on the unfrozen encoder + speed perturbation: full multi-stage | `adapt_ewc` |" in results
+    assert "| modified_beam_search-hotwords | `adapt_ewc` |" in results  # stage 9 rows, same-decoding changes
 
 
 def test_adapted_model_beats_baseline_on_new_domain(smoke_run: Path) -> None:
-    wer = _report(smoke_run)["wer"]
-    assert wer["adapt_ewc"]["med_test"] < wer["general"]["med_test"]
+    domain_wer = _report(smoke_run)["domain_wer"]
+    assert domain_wer["adapt_ewc"]["medication"] < domain_wer["general"]["medication"], domain_wer
+
+
+def test_full_schedule_forgets_less_than_synthetic_only_fine_tune(smoke_run: Path) -> None:
+    report = _report(smoke_run)
+    bwt = report["backward_transfer"]  # general-domain WER change vs the baseline, positive = forgetting
+    assert bwt["adapt_ewc"] < bwt["synth_only"], bwt
+    assert report["domain_wer"]["adapt_ewc"]["general"] < report["domain_wer"]["synth_only"]["general"]
 
 
 def test_held_out_voices_never_speak_training_text(smoke_run: Path) -> None:

@@ -177,10 +177,20 @@ def render(cfg: Dict[str, Any], config_path: str, exp: Path, data: Path) -> str:
 
     bias = biasing_rows(exp, [baseline, final])
     if bias:
-        L += ["", "## Hotword biasing (modified beam search; hotwords = the recipe's medication names), WER %", "",
-              "| model | eval set | decoding | WER |", "|---|---|---|---|"]
-        for stage, test_set, settings, wer in bias:
-            L.append(f"| `{stage}` | {test_set} | {settings} | {_fmt(wer)} |")
+        wer_of = {(stage, settings, test_set): wer for stage, test_set, settings, wer in bias}
+        decodings = sorted({settings for _, _, settings, _ in bias}, key=lambda d: (d.endswith("hotwords"), d))
+        L += ["", "## Beam search and hotword biasing (hotwords = the recipe's medication names), WER %", "",
+              f"Relative changes compare `{final}` with `{baseline}` decoded the same way.", "",
+              "| decoding | model | " + " | ".join(sets) + " |", "|---|---|" + "---|" * len(sets)]
+        for settings in decodings:
+            for stage in (baseline, final):
+                cells = []
+                for s in sets:
+                    v = wer_of.get((stage, settings, s))
+                    b = wer_of.get((baseline, settings, s))
+                    rel = "" if stage == baseline else f" ({_fmt(_relative(v, b), signed=True, digits=1)} %)"
+                    cells.append(_fmt(v) + rel)
+                L.append(f"| {settings} | `{stage}` | " + " | ".join(cells) + " |")
         L += ["", "On the general-domain set, the biased rows measure false insertions caused by the list."]
 
     voices = voices_by_split(data / "tts")
