@@ -53,6 +53,17 @@ def test_beam_one_equals_greedy_and_beam_four_agrees(trained):
     assert modified_beam_search(model, enc, enc_lens, beam_size=4) == TARGETS
 
 
+def test_unk_is_treated_like_blank(trained):
+    """Token 2 (``<unk>`` in our BPE layout) is one of the memorised targets; with ``unk_id=2`` no
+    search may emit it, and the tokens before it are unchanged."""
+    model, x, x_lens, *_ = trained
+    enc, enc_lens = model.encode(x, x_lens)
+    for hyps in (greedy_search(model, enc, enc_lens, unk_id=2),
+                 modified_beam_search(model, enc, enc_lens, beam_size=4, unk_id=2)):
+        assert hyps[0] == TARGETS[0]
+        assert 2 not in hyps[1] and hyps[1][:1] == [11]
+
+
 def test_results_follow_input_order(trained):
     """Batches are sorted by length internally; results must come back in the caller's order."""
     model, x, x_lens, *_ = trained
@@ -132,6 +143,8 @@ def test_evaluate_uses_precomputed_features(tmp_path):
     from synthasr.decode.evaluation import decode_cuts, _cuts_have_features
 
     class _Tok:
+        unk_id = 2
+
         def decode(self, hyps):
             return [" ".join(map(str, h)) for h in hyps]
 

@@ -185,10 +185,10 @@ class ASRBundle:
             x = torch.nn.utils.rnn.pad_sequence([c.features for c in batch], batch_first=True)
             enc, enc_lens = self.model.encode(x.to(self.device), lens.to(self.device))
             if method == "greedy_search":
-                hyps = greedy_search(self.model, enc, enc_lens)
+                hyps = greedy_search(self.model, enc, enc_lens, unk_id=self.tokenizer.unk_id)
             else:
                 hyps = modified_beam_search(self.model, enc, enc_lens, beam_size=beam_size,
-                                            context_graph=context_graph)
+                                            context_graph=context_graph, unk_id=self.tokenizer.unk_id)
             for c, text in zip(batch, self.tokenizer.decode(hyps)):
                 texts[(c.item, c.position)] = text
         return texts

@@ -88,9 +88,10 @@ def decode_cuts(model, tokenizer, cuts, method: str = "greedy_search", beam_size
         x, x_lens, ids, refs = _supervision_batch(dataset[cut_batch])
         enc, enc_lens = model.encode(x.to(device), x_lens.to(device))
         if method == "greedy_search":
-            hyps = greedy_search(model, enc, enc_lens)
+            hyps = greedy_search(model, enc, enc_lens, unk_id=tokenizer.unk_id)
         else:
-            hyps = modified_beam_search(model, enc, enc_lens, beam_size=beam_size, context_graph=context_graph)
+            hyps = modified_beam_search(model, enc, enc_lens, beam_size=beam_size, context_graph=context_graph,
+                                        unk_id=tokenizer.unk_id)
         results.extend(zip(ids, refs, tokenizer.decode(hyps)))
     return results
 

@@ -38,8 +38,12 @@ def _unsort(results: List[List[int]], order: torch.Tensor) -> List[List[int]]:
 
 @torch.inference_mode()
 def greedy_search(model, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor,
-                  max_sym_per_frame: int = 1) -> List[List[int]]:
-    """Batched greedy search; returns token ids (no blanks) per utterance, in input order."""
+                  max_sym_per_frame: int = 1, unk_id: Optional[int] = None) -> List[List[int]]:
+    """Batched greedy search; returns token ids (no blanks) per utterance, in input order.
+
+    ``unk_id``: that token is treated like blank (not emitted, no decoder step), as icefall's searches
+    do: ``<unk>`` carries no text and would otherwise print as a stray symbol.
+    """
     if max_sym_per_frame < 1:
         raise ValueError(f"max_sym_per_frame must be >= 1, got {max_sym_per_frame}")
     batch = encoder_out.size(0)
@@ -58,6 +62,8 @@ def greedy_search(model, encoder_out: torch.Tensor, encoder_out_lens: torch.Tens
             logits = joiner(enc_proj[rows, t], dec_proj[rows], project_input=False)
             tokens = logits.argmax(dim=-1)
             emitted = tokens != blank
+            if unk_id is not None:
+                emitted &= tokens != unk_id
             if not bool(emitted.any()):
                 break
             rows, tokens = rows[emitted], tokens[emitted]
@@ -79,10 +85,12 @@ class _Hyp:
 
 @torch.inference_mode()
 def modified_beam_search(model, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, beam_size: int = 4,
-                         context_graph: Optional[ContextGraph] = None) -> List[List[int]]:
+                         context_graph: Optional[ContextGraph] = None,
+                         unk_id: Optional[int] = None) -> List[List[int]]:
     """Batched modified beam search (one symbol per frame, hypotheses with equal token sequences merged
     by log-add). With ``context_graph`` each emitted token gets the graph's boost; partial phrase
-    matches are cancelled when they fail and at the end (``ContextGraph.finalize``)."""
+    matches are cancelled when they fail and at the end (``ContextGraph.finalize``). ``unk_id`` is
+    treated like blank, as in :func:`greedy_search`."""
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     batch = encoder_out.size(0)
@@ -91,6 +99,7 @@ def modified_beam_search(model, encoder_out: torch.Tensor, encoder_out_lens: tor
     device = encoder_out.device
     order, sorted_lens = _sorted_order(encoder_out_lens)
     decoder, joiner, blank = model.decoder, model.joiner, model.decoder.blank_id
+    silent = {blank} if unk_id is None else {blank, unk_id}  # tokens that extend no hypothesis
     enc_proj = joiner.encoder_proj(encoder_out.index_select(0, order.to(device)))
 
     dec_out, state = decoder.start(batch, device)
@@ -119,14 +128,14 @@ def modified_beam_search(model, encoder_out: torch.Tensor, encoder_out_lens: tor
             for score, idx in zip(top_scores, top_idx.tolist()):
                 parent = beam[idx // vocab]
                 token = idx % vocab
-                new_hyp = _extend(parent, token, score, blank, context_graph)
+                new_hyp = _extend(parent, token, score, silent, context_graph)
                 existing = merged.get(new_hyp.ys)
                 if existing is not None:
                     existing.log_prob = torch.logaddexp(existing.log_prob, new_hyp.log_prob)
                     continue
                 merged[new_hyp.ys] = new_hyp
                 parents.append(parent.row)
-                if token != blank:
+                if token not in silent:
                     emit_tokens.append(token)
                     emit_slots.append(len(parents) - 1)
             new_beams.append(list(merged.values()))
@@ -154,10 +163,10 @@ def modified_beam_search(model, encoder_out: torch.Tensor, encoder_out_lens: tor
     return _unsort([_best(beam, context_graph) for beam in beams], order)
 
 
-def _extend(parent: _Hyp, token: int, score: torch.Tensor, blank: int,
+def _extend(parent: _Hyp, token: int, score: torch.Tensor, silent: set,
             context_graph: Optional[ContextGraph]) -> _Hyp:
-    """Child of ``parent`` after emitting ``token`` (blank: same sequence) with total ``score``."""
-    if token == blank:
+    """Child of ``parent`` after emitting ``token`` (blank or unk: same sequence) with total ``score``."""
+    if token in silent:
         return _Hyp(parent.ys, score, row=-1, context_state=parent.context_state)
     context_state = parent.context_state
     if context_graph is not None:
