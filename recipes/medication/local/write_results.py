@@ -167,7 +167,9 @@ def render(cfg: Dict[str, Any], config_path: str, exp: Path, data: Path) -> str:
     L += ["", "## Ablation (each row starts from the baseline unless it says otherwise), WER %", "",
           "| system | stage | " + " | ".join(sets) + " | backward transfer (abs.) |",
           "|---|---|" + "---|" * len(sets) + "---|"]
-    for stage in report["stages"]:
+    # Rows in the order of results.rows ((a), (b), ...: the paper's cumulative order), then any others.
+    row_order = [st for st in labels if st in report["wer"]] + [st for st in report["stages"] if st not in labels]
+    for stage in row_order:
         cells = []
         for s in sets:
             v, r = report["wer"][stage][s], report["relative_wer"][stage][s]
@@ -218,6 +220,18 @@ def render(cfg: Dict[str, Any], config_path: str, exp: Path, data: Path) -> str:
     return "\n".join(L) + "\n"
 
 
+def section(markdown: str, heading_prefix: str) -> str:
+    """The ``## heading`` section of ``markdown`` whose title starts with ``heading_prefix`` (no heading line)."""
+    out, inside = [], False
+    for line in markdown.splitlines():
+        if line.startswith("## "):
+            inside = line[3:].startswith(heading_prefix)
+            continue
+        if inside:
+            out.append(line)
+    return "\n".join(out).strip()
+
+
 @click.command()
 @click.option("--config", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--exp-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -233,6 +247,7 @@ def main(config: str, exp_dir: Path, data_dir: Path, out: Path) -> None:
     with atomic_write(out) as f:
         f.write(text)
     click.echo(f"wrote {out}")
+    click.echo("\n" + section(text, "Ablation") + "\n")  # the paper-style table, also on the terminal
 
 
 if __name__ == "__main__":
