@@ -62,10 +62,14 @@ def hardware() -> str:
     return f"{cpu}, {os.cpu_count()} cores{mem}{gpu}; Python {platform.python_version()}, torch {torch.__version__}"
 
 
-def commit_hash() -> str:
+def commit_hash(ignore: Optional[Path] = None) -> str:
+    """Short HEAD hash, flagged when tracked files differ from it (``ignore``: the page being rewritten)."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+        cmd = ["git", "status", "--porcelain", "--untracked-files=no"]
+        if ignore is not None:
+            cmd += ["--", ".", f":(exclude){Path(ignore).resolve()}"]
+        dirty = subprocess.run(cmd, capture_output=True, text=True)
         return out.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
@@ -112,7 +116,7 @@ def biasing_rows(exp: Path, stages: List[str]) -> List[Tuple[str, str, str, Opti
     return rows
 
 
-def render(cfg: Dict[str, Any], config_path: str, exp: Path, data: Path) -> str:
+def render(cfg: Dict[str, Any], config_path: str, exp: Path, data: Path, out: Optional[Path] = None) -> str:
     report = _read_json(exp / "report.json")
     res = cfg.get("results") or {}
     labels: Dict[str, str] = res.get("rows") or {s: s for s in report["stages"]}
@@ -134,7 +138,7 @@ def render(cfg: Dict[str, Any], config_path: str, exp: Path, data: Path) -> str:
         "# Medication recipe: results",
         "",
         f"Written by `run.sh` stage 11 (`local/write_results.py`) on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}"
-        f" from `{config_path}`; do not edit by hand. Commit {commit_hash()}.",
+        f" from `{config_path}`; do not edit by hand. Report written at commit {commit_hash(ignore=out)}.",
         "",
         f"* Hardware: {hardware()}.",
         f"* General domain: {general_line}.",
@@ -241,7 +245,7 @@ def main(config: str, exp_dir: Path, data_dir: Path, out: Path) -> None:
     """Render RESULTS.md from the measured outputs of a recipe run."""
     try:
         cfg = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
-        text = render(cfg, config, exp_dir, data_dir)
+        text = render(cfg, config, exp_dir, data_dir, out=out)
     except (ResultsError, yaml.YAMLError) as e:
         raise click.ClickException(str(e)) from None
     with atomic_write(out) as f:
