@@ -2,9 +2,10 @@
 
 This is the CI run of the whole pipeline (text -> TTS -> fbank -> BPE -> baseline -> multi-stage
 adaptation -> ablations -> biased decoding -> export -> report). On held-out voices, with the seeds
-fixed, it asserts the continual-learning claim in miniature: the full multi-stage schedule
-(`adapt_ewc`) lowers new-domain WER below the baseline's, and forgets the general domain less than a
-synthetic-only fine-tune (one 100-step stage; the schedule runs two). Measured when written (2 CPU
+fixed, it asserts the part of the continual-learning claim that holds with a wide margin: the full
+multi-stage schedule (`adapt_ewc`) lowers new-domain WER below the baseline's. The ordering "forgets the
+general domain less than a synthetic-only fine-tune" was measured at one seed only, so that test is
+marked slow (not a CI gate). Measured when written (2 CPU
 cores), domain WER general / medication: baseline 73.7 / 91.9, adapt_ewc 71.4 / 83.5, synth_only
 78.2 / 81.0.
 """
@@ -67,7 +68,10 @@ def test_adapted_model_beats_baseline_on_new_domain(smoke_run: Path) -> None:
     assert domain_wer["adapt_ewc"]["medication"] < domain_wer["general"]["medication"], domain_wer
 
 
+@pytest.mark.slow
 def test_full_schedule_forgets_less_than_synthetic_only_fine_tune(smoke_run: Path) -> None:
+    """A learned ordering on 40-utterance sets: measured at one seed only (margin 6.8 points), so it is
+    not a CI gate (a seed-tuned assertion is a flaky test); `make test-all` still checks it."""
     report = _report(smoke_run)
     bwt = report["backward_transfer"]  # general-domain WER change vs the baseline, positive = forgetting
     assert bwt["adapt_ewc"] < bwt["synth_only"], bwt
