@@ -15,7 +15,8 @@ from synthasr.config import ConfigError
 from tts_gen.engines.base import EngineError, UnknownEngineError, canonical_engine_name, get_engine
 from tts_gen.generate import (CombineError, FailureThresholdExceeded, InputError, OutputNotWritableError,
                               ShardSpecError, combine_shards, generate, parse_shard)
-from tts_gen.voices import (UnknownVoiceError, Voice, VoicePoolError, VoiceSpecError, make_matcher, parse_voices,
+from tts_gen.voices import (UnknownVoiceError, Voice, VoicePoolError, VoiceSpecError, build_pools, make_matcher,
+                            parse_voices,
                             read_voice_file, sample_from_pools, sample_voices, split_voices, voices_by_engine,
                             write_voice_file)
 
@@ -201,17 +202,22 @@ def voices_sample(engines_spec: str, num_voices: int, seed: int, exclude_voices_
 @click.option("--engines", "engines_spec", default="espeak,piper", show_default=True)
 @click.option("--test-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.1, show_default=True)
 @click.option("--holdout", multiple=True, help="Rule held out for test, e.g. espeak:name=en-gb-scotland, piper:rate=1.15..1.3.")
+@click.option("--exclude", multiple=True,
+              help="Voice id, base or rule kept out of both lists (e.g. espeak:variant=f3, espeak:rate=160..999): "
+                   "voices a real-speech recognizer cannot read.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--train-out", type=click.Path(dir_okay=False), required=True)
 @click.option("--test-out", type=click.Path(dir_okay=False), required=True)
 @engine_options
-def voices_split(engines_spec: str, test_fraction: float, holdout: Tuple[str, ...], seed: int, train_out: str,
-                 test_out: str, espeak_binary: Optional[str], piper_voices: Tuple[str, ...],
-                 coqui_model_path: Optional[str], coqui_config_path: Optional[str]) -> None:
-    """Split the engines' pools into disjoint train/test voice lists."""
+def voices_split(engines_spec: str, test_fraction: float, holdout: Tuple[str, ...], exclude: Tuple[str, ...],
+                 seed: int, train_out: str, test_out: str, espeak_binary: Optional[str],
+                 piper_voices: Tuple[str, ...], coqui_model_path: Optional[str],
+                 coqui_config_path: Optional[str]) -> None:
+    """Split the engines' pools (minus ``--exclude``) into disjoint train/test voice lists."""
     opts = _engine_opts(espeak_binary, piper_voices, coqui_model_path, coqui_config_path)
     try:
-        pool = [v for e in _build_engines(_engine_list(engines_spec), opts) for v in e.voice_pool()]
+        engines = _build_engines(_engine_list(engines_spec), opts)
+        pool = [v for voices in build_pools(engines, exclude).values() for v in voices]
         split = split_voices(pool, test_fraction, seed, holdout)
         write_voice_file(train_out, split.train)
         write_voice_file(test_out, split.test)
