@@ -95,15 +95,27 @@ def decode(audio: Tuple[str, ...], model_path: str, method: str, beam_size: int,
 @click.option("--name", "test_set_name", required=True, help="Test set name used in result file names.")
 @click.option("--suffix", default=None, help="Setting name in result files (default: method[+beam]).")
 @click.option("--max-duration", type=click.FloatRange(min=1.0), default=300.0, show_default=True)
+@click.option("--terms", "terms_file", type=click.Path(dir_okay=False), default=None,
+              help="Term list (one per line, first tab-separated column) scored for recall/precision.")
+@click.option("--terms-group-column", type=click.IntRange(min=2), default=None,
+              help="1-based column of --terms holding the group recall is split by (3 for names_used.txt).")
 def evaluate(model_path: str, method: str, beam_size: int, hotwords: Tuple[str, ...], hotwords_file: Optional[str],
              hotword_score: float, device: str, num_threads: Optional[int], cuts_path: str, out_dir: str,
-             test_set_name: str, suffix: Optional[str], max_duration: float) -> None:
-    """Decode a CutSet, write recogs/errs/wer-summary files to OUT_DIR and print the WER."""
+             test_set_name: str, suffix: Optional[str], max_duration: float, terms_file: Optional[str],
+             terms_group_column: Optional[int]) -> None:
+    """Decode a CutSet, write recogs/errs/wer-summary (+ terms) files to OUT_DIR and print the WER."""
     from lhotse import load_manifest_lazy
 
     from synthasr.decode.evaluation import EvaluateError
     from synthasr.decode.evaluation import evaluate as run_evaluate
+    from synthasr.score import ScoreError, TermList
 
+    if terms_group_column is not None and terms_file is None:
+        raise click.UsageError("--terms-group-column needs --terms")
+    try:
+        terms = TermList.from_file(terms_file, terms_group_column) if terms_file else None
+    except ScoreError as e:
+        raise click.ClickException(str(e)) from None
     bundle = _load_bundle(model_path, device, num_threads)
     graph = _context_graph(bundle, _hotword_list(hotwords, hotwords_file), hotword_score)
     if graph is not None:
@@ -115,7 +127,15 @@ def evaluate(model_path: str, method: str, beam_size: int, hotwords: Tuple[str, 
     try:
         result = run_evaluate(bundle.model, bundle.tokenizer, cuts, out_dir, test_set_name, method=method,
                               beam_size=beam_size, device=device, max_duration=max_duration,
-                              feature_config=bundle.feature_config, context_graph=graph, suffix=suffix)
+                              feature_config=bundle.feature_config, context_graph=graph, suffix=suffix, terms=terms)
     except EvaluateError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{test_set_name}\t{result.wer:.2f}% WER ({result.word.ref_words} words) -> {Path(out_dir)}")
+    if result.terms is not None:
+        t = result.terms.total
+        click.echo(f"{test_set_name}\tterm recall {_percent(t.recall)} ({t.hits}/{t.ref}), precision "
+                   f"{_percent(t.precision)} ({t.false_alarms} false alarms)")
+
+
+def _percent(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.2f}%"

@@ -98,9 +98,11 @@ def decode_cuts(model, tokenizer, cuts, method: str = "greedy_search", beam_size
 
 def evaluate(model, tokenizer, cuts, out_dir: Union[str, Path], test_set_name: str, method: str = "greedy_search",
              beam_size: int = 4, device: Union[str, torch.device] = "cpu", max_duration: float = 300.0,
-             feature_config=None, context_graph=None, suffix: Optional[str] = None):
+             feature_config=None, context_graph=None, suffix: Optional[str] = None, terms=None):
     """Decode ``cuts``, write ``recogs-*``, ``errs-*`` and ``wer-summary-*`` into ``out_dir`` and return
-    the :class:`synthasr.score.WerResult`. ``suffix`` defaults to the method (+ beam size)."""
+    the :class:`synthasr.score.WerResult`. ``suffix`` defaults to the method (+ beam size). With
+    ``terms`` (a :class:`synthasr.score.TermList`) term recall/precision are scored too and written to
+    ``terms-*.txt`` and the ``wer-*.json``. ``result.files`` says where each file went."""
     from synthasr.score import compute_wer, write_results
 
     results = decode_cuts(model, tokenizer, cuts, method=method, beam_size=beam_size, device=device,
@@ -109,7 +111,40 @@ def evaluate(model, tokenizer, cuts, out_dir: Union[str, Path], test_set_name: s
         suffix = method if method == "greedy_search" else f"{method}_beam_size_{beam_size}"
         if context_graph is not None:
             suffix += "_hotwords"
-    wer = compute_wer(results)
-    write_results(out_dir, test_set_name, suffix, wer)
+    wer = compute_wer(results, terms=terms)
+    wer.files = {kind: str(path) for kind, path in write_results(out_dir, test_set_name, suffix, wer).items()}
     log.info("%s %s: WER %.2f%% over %d utterances", test_set_name, suffix, wer.wer, len(results))
+    if wer.terms is not None:
+        t = wer.terms.total
+        log.info("%s %s: term recall %s, precision %s (%d reference mentions, %d false alarms)", test_set_name,
+                 suffix, _percent(t.recall), _percent(t.precision), t.ref, t.false_alarms)
     return wer
+
+
+def _percent(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.2f}%"
+
+
+def eval_summary(wer, relative_to: Optional[Union[str, Path]] = None, top_terms: int = 20) -> Dict[str, Any]:
+    """The numbers a stage's ``eval.json`` keeps for one eval set (what the report reads).
+
+    ``recogs`` (the per-utterance hypotheses, for report.html) is given relative to ``relative_to``
+    (the stage directory) when it lies below it, so the experiment directory can be moved.
+    """
+    out: Dict[str, Any] = {
+        "wer": float(wer.wer), "cer": float(wer.cer), "num_utts": len(wer.utts),
+        "ref_words": int(wer.word.ref_words), "errors": int(wer.word.errors),
+        "ins": int(wer.word.ins), "dels": int(wer.word.dels), "subs": int(wer.word.subs),
+    }
+    if wer.terms is not None:
+        out["terms"] = wer.terms.to_dict(top_terms)
+    recogs = wer.files.get("recogs")
+    if recogs is not None:
+        path = Path(recogs)
+        if relative_to is not None:
+            try:
+                path = path.resolve().relative_to(Path(relative_to).resolve())
+            except ValueError:
+                pass
+        out["recogs"] = str(path)
+    return out

@@ -98,6 +98,15 @@ class DecodeConfig:
 
 
 @dataclass
+class TermsConfig:
+    """Term list scored next to WER (name recall/precision): ``file`` as for ``synthasr evaluate --terms``;
+    ``group_column`` (1-based, e.g. 3 for names_used.txt's seen/unseen) splits recall by group."""
+
+    file: str
+    group_column: Optional[int] = None
+
+
+@dataclass
 class BaseConfig:
     bpe_model: str
     sources: Dict[str, Union[List[str], SourceConfig]]
@@ -105,6 +114,7 @@ class BaseConfig:
     train: Dict[str, Any] = field(default_factory=dict)
     assets: AssetsConfig = field(default_factory=AssetsConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    terms: Optional[TermsConfig] = None
 
 
 @dataclass
@@ -194,6 +204,7 @@ class _Plan:
     eval_domains: Dict[str, str]
     train_cfgs: Dict[str, Any]
     selected: List[StageConfig]
+    terms: Any = None  # synthasr.score.TermList or None
 
 
 def _err(path: Path, where: str, msg: str) -> ScheduleError:
@@ -322,7 +333,17 @@ def validate_schedule(
             if prev not in selected_names and not (exp_dir / prev / "final.pt").is_file():
                 raise _err(path, f"stages[{i}] ({stage.name}).init",
                            f"stage {prev!r} is not being run and {exp_dir / prev / 'final.pt'} is missing")
-    return _Plan(cfg, path, exp_dir, tokenizer, sources, eval_sets, eval_domains, train_cfgs, selected)
+    return _Plan(cfg, path, exp_dir, tokenizer, sources, eval_sets, eval_domains, train_cfgs, selected,
+                 terms=_load_terms(base.terms, path))
+
+
+def _load_terms(spec: Optional[TermsConfig], path: Path):
+    from synthasr.score import ScoreError, TermList
+
+    try:
+        return None if spec is None else TermList.from_file(spec.file, spec.group_column)
+    except ScoreError as e:
+        raise _err(path, "base.terms", str(e)) from None
 
 
 def _load_tokenizer(bpe_model: str, path: Path):
@@ -616,6 +637,7 @@ def _evaluate_stage(plan: _Plan, stage: StageConfig, index: int, final: Path) ->
 
     from synthasr.checkpoint import load_checkpoint
     from synthasr.decode import evaluate
+    from synthasr.decode.evaluation import eval_summary
     from synthasr.model import build_model
 
     dec = plan.cfg.base.decode
@@ -630,12 +652,10 @@ def _evaluate_stage(plan: _Plan, stage: StageConfig, index: int, final: Path) ->
     for name in names:
         wer = evaluate(model, plan.tokenizer, plan.eval_sets[name], out_dir=stage_dir / "decode", test_set_name=name,
                        method=dec.method, beam_size=dec.beam_size, device=device, max_duration=dec.max_duration,
-                       feature_config=ckpt.get("feature_config") or None)
-        results[name] = {
-            "wer": float(wer.wer), "cer": float(wer.cer), "domain": plan.eval_domains[name],
-            "num_utts": len(wer.utts), "ref_words": int(wer.word.ref_words), "errors": int(wer.word.errors),
-            "ins": int(wer.word.ins), "dels": int(wer.word.dels), "subs": int(wer.word.subs),
-        }
+                       feature_config=ckpt.get("feature_config") or None, terms=plan.terms)
+        spec = plan.cfg.base.eval_sets[name]
+        results[name] = {"domain": plan.eval_domains[name], **eval_summary(wer, relative_to=stage_dir),
+                         "cuts": str(Path(spec if isinstance(spec, str) else spec.cuts).resolve())}
     with atomic_write(stage_dir / "eval.json") as f:
         json.dump({"stage": stage.name, "index": index, "checkpoint": str(final), "results": results}, f, indent=2)
     return results
