@@ -1,4 +1,8 @@
-"""Model hyper-parameters: one dataclass, three size presets.
+"""Model hyper-parameters: one dataclass, three size presets, and the encoder-family switch.
+
+``encoder: conformer`` (default) trains a Conformer from scratch with the preset sizes;
+``encoder: whisper`` uses Whisper's encoder (``whisper.dims``, or the dims of ``whisper.checkpoint``),
+and ``encoder_dim``/``num_encoder_layers``/``num_heads``/``ff_dim``/``feature_dim`` then follow Whisper.
 
 A preset supplies defaults; any key written explicitly in YAML overrides it. Fields left ``None`` mean
 "take it from the preset" so that ``ModelConfig(preset="small", num_encoder_layers=8)`` is small with
@@ -25,13 +29,55 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                    decoder_dim=512, joiner_dim=512, dropout=0.1),
 }
 _FALLBACK = PRESETS["small"]
+ENCODERS = ("conformer", "whisper")
+
+
+@dataclass
+class WhisperDims:
+    """Whisper encoder sizes in OpenAI's naming (tiny: 80 mels, 384 wide, 6 heads, 4 layers)."""
+
+    n_mels: int = 80
+    n_state: int = 384
+    n_head: int = 6
+    n_layer: int = 4
+    n_ctx: int = 1500  # positions after the stem: 30 s at 50 frames/s
+
+    def validate(self) -> None:
+        for name in ("n_mels", "n_state", "n_head", "n_layer", "n_ctx"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.n_state % self.n_head or self.n_state % 2:
+            raise ConfigError(f"n_state ({self.n_state}) must be even and divisible by n_head ({self.n_head})")
+
+
+@dataclass
+class WhisperConfig:
+    """The Whisper encoder family. ``checkpoint`` (openai .pt, HF model.safetensors or its directory,
+    CTranslate2 model.bin or its directory) initialises the encoder when the model is *built*; a saved
+    synthasr checkpoint stores the weights and ``checkpoint: null``, keeping the source in ``pretrained_from``."""
+
+    dims: Optional[WhisperDims] = None
+    checkpoint: Optional[str] = None
+    extra_subsampling: int = 1
+    dropout: float = 0.0
+    pretrained_from: Optional[str] = None
+
+    def validate(self) -> None:
+        if self.dims is None and self.checkpoint is None:
+            raise ConfigError("whisper: give dims or a checkpoint to read them from")
+        if self.extra_subsampling not in (1, 2):
+            raise ConfigError(f"extra_subsampling: expected 1 or 2, got {self.extra_subsampling}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
 
 
 @dataclass
 class ModelConfig:
-    """Conformer-transducer architecture; ``vocab_size`` is filled from the tokenizer."""
+    """Transducer architecture; ``vocab_size`` is filled from the tokenizer."""
 
     preset: Optional[str] = None
+    encoder: str = "conformer"
+    whisper: Optional[WhisperConfig] = None
     feature_dim: int = 80
     encoder_dim: Optional[int] = None
     num_encoder_layers: Optional[int] = None
@@ -48,6 +94,12 @@ class ModelConfig:
     vocab_size: int = 0
 
     def validate(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ConfigError(f"encoder: expected one of {list(ENCODERS)}, got {self.encoder!r}")
+        if self.encoder == "whisper" and self.whisper is None:
+            raise ConfigError("encoder: whisper needs a whisper: section (dims and/or checkpoint)")
+        if self.encoder != "whisper" and self.whisper is not None:
+            raise ConfigError(f"whisper: only used with encoder: whisper (encoder is {self.encoder!r})")
         if self.preset is not None and self.preset not in PRESETS:
             raise ConfigError(f"preset: expected one of {sorted(PRESETS)}, got {self.preset!r}")
         if self.decoder_type not in ("stateless", "lstm"):
@@ -79,9 +131,32 @@ class ModelConfig:
                 values[key] = default
         if values["subsampling_channels"] is None:
             values["subsampling_channels"] = values["encoder_dim"]
+        if self.encoder == "whisper":
+            values.update(self._whisper_sizes())
         out = ModelConfig(**values)
         out.validate()
         return out
+
+    def _whisper_sizes(self) -> Dict[str, Any]:
+        """Encoder sizes that follow Whisper's dims (read from the checkpoint when not given)."""
+        whisper = self.whisper
+        dims = whisper.dims
+        if whisper.checkpoint is not None:
+            from synthasr.model.pretrained import read_whisper_dims
+
+            found = read_whisper_dims(whisper.checkpoint)
+            if dims is not None and dims != found:
+                raise ConfigError(f"whisper.dims {dataclasses.asdict(dims)} differ from "
+                                  f"{whisper.checkpoint}: {dataclasses.asdict(found)}")
+            dims = found
+        sizes = dict(feature_dim=dims.n_mels, encoder_dim=dims.n_state, num_encoder_layers=dims.n_layer,
+                     num_heads=dims.n_head, ff_dim=4 * dims.n_state)
+        for key, value in sizes.items():
+            given = getattr(self, key)  # feature_dim defaults to 80 (never None): only another value conflicts
+            if given is not None and given != value and not (key == "feature_dim" and given == 80):
+                raise ConfigError(f"{key}: {given} conflicts with the Whisper encoder ({value}); leave it unset")
+        sizes["whisper"] = dataclasses.replace(whisper, dims=dims)
+        return sizes
 
     @classmethod
     def from_any(cls, cfg: "ModelConfig | Dict[str, Any]") -> "ModelConfig":

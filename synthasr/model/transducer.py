@@ -1,4 +1,4 @@
-"""The RNN-T: Conformer encoder, prediction network, joiner, and its training losses.
+"""The RNN-T: encoder (Conformer or Whisper), prediction network, joiner, and its training losses.
 
 Losses follow icefall's pruned RNN-T recipe: a cheap "simple" loss on linear projections of encoder
 and decoder outputs (``simple_am_proj`` / ``simple_lm_proj`` to the vocabulary) yields gradients from
@@ -19,6 +19,24 @@ from synthasr.model.encoder import ConformerEncoder
 from synthasr.model.joiner import Joiner
 
 
+def build_encoder(cfg: ModelConfig) -> nn.Module:
+    """The encoder family named by ``cfg.encoder`` (a resolved config), randomly initialised."""
+    if cfg.encoder == "whisper":
+        from synthasr.model.whisper import WhisperEncoder
+
+        if cfg.whisper.checkpoint is not None:
+            raise ValueError("model_config.whisper.checkpoint is loaded by synthasr.model.build_model, "
+                             "not by Transducer(); build the model with build_model")
+        dims = cfg.whisper.dims
+        return WhisperEncoder(dims.n_mels, dims.n_state, dims.n_head, dims.n_layer, n_ctx=dims.n_ctx,
+                              extra_subsampling=cfg.whisper.extra_subsampling, dropout=cfg.whisper.dropout)
+    return ConformerEncoder(
+        feature_dim=cfg.feature_dim, d_model=cfg.encoder_dim, num_layers=cfg.num_encoder_layers,
+        num_heads=cfg.num_heads, ff_dim=cfg.ff_dim, kernel_size=cfg.conv_kernel_size, dropout=cfg.dropout,
+        subsampling_channels=cfg.subsampling_channels,
+    )
+
+
 class TranscriptError(ValueError):
     """A training transcript cannot be used (empty vocabulary id range, too long for its audio...)."""
 
@@ -30,11 +48,7 @@ class Transducer(nn.Module):
         if cfg.vocab_size <= 1:
             raise ValueError(f"model_config.vocab_size must be > 1 (set it from the tokenizer), got {cfg.vocab_size}")
         self.config = cfg
-        self.encoder = ConformerEncoder(
-            feature_dim=cfg.feature_dim, d_model=cfg.encoder_dim, num_layers=cfg.num_encoder_layers,
-            num_heads=cfg.num_heads, ff_dim=cfg.ff_dim, kernel_size=cfg.conv_kernel_size, dropout=cfg.dropout,
-            subsampling_channels=cfg.subsampling_channels,
-        )
+        self.encoder = build_encoder(cfg)
         if cfg.decoder_type == "stateless":
             self.decoder = StatelessDecoder(cfg.vocab_size, cfg.decoder_dim, blank_id=0, context_size=cfg.context_size)
         else:
