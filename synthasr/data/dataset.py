@@ -165,6 +165,31 @@ class AsrDataset(torch.utils.data.Dataset):
         return features.to(torch.float32), torch.as_tensor(lens, dtype=torch.int64)
 
 
+class EncoderOutDataset(AsrDataset):
+    """Batches of a frozen encoder's stored outputs (``cut.encoder_out``, see
+    :mod:`synthasr.data.encoder_cache`) instead of features:
+    ``{"encoder_out" (B,T',D) float, "encoder_out_lens" (B,) int64, "texts", "cut_ids", "sources"}``.
+
+    Same cut order and position seeding as :class:`AsrDataset`; no SpecAugment (it acts on features).
+    """
+
+    def __init__(self, seed: int = 0, source_key: str = "domain") -> None:
+        super().__init__(spec_augment=None, seed=seed, source_key=source_key)
+
+    def _make_batch(self, cuts) -> Batch:
+        from synthasr.data.encoder_cache import load_encoder_out
+
+        cuts = cuts.sort_by_duration(ascending=False)
+        arrays = [torch.from_numpy(load_encoder_out(c)) for c in cuts]
+        return {
+            "encoder_out": torch.nn.utils.rnn.pad_sequence(arrays, batch_first=True),
+            "encoder_out_lens": torch.tensor([a.shape[0] for a in arrays], dtype=torch.int64),
+            "texts": [cut_text(c) for c in cuts],
+            "cut_ids": [c.id for c in cuts],
+            "sources": [cut_source(c, self.source_key) for c in cuts],
+        }
+
+
 def make_sampler(
     cuts,
     max_duration: float,

@@ -8,7 +8,7 @@ All losses are computed in float32 with autocast disabled.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -66,18 +66,32 @@ class Transducer(nn.Module):
         """(B, T, F), (B,) -> encoder_out (B, T', encoder_dim), encoder_out_lens (B,)."""
         return self.encoder(x, x_lens)
 
-    def forward(self, x: torch.Tensor, x_lens: torch.Tensor, y: List[List[int]], loss_cfg, step: int = 0
-                ) -> Dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, x_lens: torch.Tensor, y: List[List[int]], loss_cfg, step: int = 0,
+                from_encoder_out: bool = False) -> Dict[str, torch.Tensor]:
         """Summed-over-batch losses: ``{"loss", "simple", "pruned", "num_frames"}`` (pruned) or
-        ``{"loss", "full", "num_frames"}`` (full)."""
+        ``{"loss", "full", "num_frames"}`` (full).
+
+        ``from_encoder_out``: ``x``/``x_lens`` already are encoder outputs (a frozen encoder's stored
+        outputs, see :mod:`synthasr.data.encoder_cache`); the encoder is skipped. Going through
+        ``forward`` (not :meth:`loss_from_encoder_out`) keeps DDP's hooks in the path.
+        """
+        if from_encoder_out:
+            return self.loss_from_encoder_out(x, x_lens, y, loss_cfg, step)
+        encoder_out, encoder_lens = self.encode(x, x_lens)
+        return self.loss_from_encoder_out(encoder_out, encoder_lens, y, loss_cfg, step, input_lens=x_lens)
+
+    def loss_from_encoder_out(self, encoder_out: torch.Tensor, encoder_lens: torch.Tensor, y: List[List[int]],
+                              loss_cfg, step: int = 0, input_lens: Optional[torch.Tensor] = None
+                              ) -> Dict[str, torch.Tensor]:
+        """The losses of :meth:`forward` from (B, T', encoder_dim) encoder outputs; ``input_lens`` (the
+        feature lengths, when known) only improves the message for a too-short utterance."""
         from synthasr.loss import loss_scales
 
-        encoder_out, encoder_lens = self.encode(x, x_lens)
-        self._check_batch(x_lens, encoder_lens, y)
-        y_padded, y_lens = self._pad_targets(y, x.device)
+        self._check_batch(encoder_lens if input_lens is None else input_lens, encoder_lens, y)
+        y_padded, y_lens = self._pad_targets(y, encoder_out.device)
         sos_y = torch.cat([torch.full_like(y_padded[:, :1], self.blank_id), y_padded], dim=1)
         decoder_out = self.decoder(sos_y)  # (B, U+1, D)
-        boundary = torch.zeros(len(y), 4, dtype=torch.int64, device=x.device)
+        boundary = torch.zeros(len(y), 4, dtype=torch.int64, device=encoder_out.device)
         boundary[:, 2] = y_lens
         boundary[:, 3] = encoder_lens
         num_frames = encoder_lens.sum()

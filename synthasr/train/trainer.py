@@ -31,7 +31,8 @@ from torch import nn
 
 from synthasr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from synthasr.config import to_dict
-from synthasr.data.dataset import AsrDataset, EpochBatches, dev_loader, make_loader, make_sampler, make_spec_augment
+from synthasr.data.dataset import (AsrDataset, EncoderOutDataset, EpochBatches, dev_loader, make_loader, make_sampler,
+                                   make_spec_augment)
 from synthasr.train.config import TrainConfig
 from synthasr.train.optim import LRSchedule, build_optimizer, trainable_parameters
 
@@ -274,6 +275,7 @@ class _Trainer:
         meta: Optional[Dict[str, Any]],
         info: DistInfo,
         device: torch.device,
+        inputs: str = "features",
     ) -> None:
         self.cfg = cfg
         self.exp_dir = exp_dir
@@ -311,6 +313,8 @@ class _Trainer:
             spec_augment=make_spec_augment(cfg.data.spec_augment), seed=cfg.seed + 1_000_003 * info.rank,
             source_key=source_key,
         )
+        if inputs == "encoder_out":  # a frozen encoder's stored outputs (synthasr.data.encoder_cache)
+            self.dataset = EncoderOutDataset(seed=self.dataset.seed, source_key=source_key)
         self.writer: Any = _NullWriter()
         self.interval: Dict[str, float] = {}
 
@@ -412,11 +416,13 @@ class _Trainer:
 
     # ---- one step ------------------------------------------------------------------------- #
     def _forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-        feats = batch["features"].to(self.device, non_blocking=True)
-        lens = batch["feature_lens"].to(self.device, non_blocking=True)
+        cached = "encoder_out" in batch  # stored outputs of the frozen encoder: start after it
+        feats = batch["encoder_out" if cached else "features"].to(self.device, non_blocking=True)
+        lens = batch["encoder_out_lens" if cached else "feature_lens"].to(self.device, non_blocking=True)
         tokens = self.tokenizer.encode(list(batch["texts"]))
+        extra = {"from_encoder_out": True} if cached else {}
         with self._autocast():
-            return self.ddp_model(feats, lens, tokens, self.cfg.loss, self.progress.step)
+            return self.ddp_model(feats, lens, tokens, self.cfg.loss, self.progress.step, **extra)
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -657,11 +663,15 @@ def fit(
     eval_mode_modules: Sequence[str] = (),
     source_key: str = "domain",
     meta: Optional[Dict[str, Any]] = None,
+    inputs: str = "features",
 ) -> Path:
     """Train (or resume) one stage in ``exp_dir``; return ``exp_dir/final.pt``.
 
     Returns at once when ``final.pt`` exists (the stage is finished). Only trainable parameters
     (``requires_grad``) are optimized; ``regularizer(model)`` is added to the per-frame loss.
+    ``inputs="encoder_out"``: train from the ``encoder_out`` arrays the cuts carry (built by
+    :func:`synthasr.data.encoder_cache.build_encoder_cache` from this model's frozen encoder); the
+    checkpoints still hold the whole model and validation runs it from features.
     """
     exp_dir = Path(exp_dir)
     final = exp_dir / "final.pt"
@@ -669,6 +679,7 @@ def fit(
         return final
     if tokenizer is None:
         raise TrainingError("fit: a tokenizer is required")
+    _check_inputs(cfg, model, inputs)
     device_kind = _resolve_device_kind(cfg.device)
     info = setup_distributed(device_kind)
     device = torch.device(device_kind, info.local_rank) if device_kind == "cuda" else torch.device("cpu")
@@ -681,7 +692,7 @@ def fit(
             log.warning("amp=%s ignored: mixed precision is used on CUDA only", cfg.amp)
         _write_config(exp_dir, cfg, info)
         trainer = _Trainer(cfg, exp_dir, train_cuts, dev_cuts, tokenizer, model, regularizer, eval_mode_modules,
-                           source_key, meta, info, device)
+                           source_key, meta, info, device, inputs=inputs)
         return trainer.run()
     finally:
         if handler is not None:
@@ -691,6 +702,19 @@ def fit(
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def _check_inputs(cfg: TrainConfig, model: Optional[nn.Module], inputs: str) -> None:
+    """Stored encoder outputs are only the encoder's outputs while it is frozen and nothing alters features."""
+    if inputs == "features":
+        return
+    if inputs != "encoder_out":
+        raise TrainingError(f"fit: inputs must be 'features' or 'encoder_out', got {inputs!r}")
+    if model is None or any(p.requires_grad for p in model.encoder.parameters()):
+        raise TrainingError("fit: inputs='encoder_out' needs a given model whose encoder is frozen (requires_grad False)")
+    if cfg.data.spec_augment.enabled:
+        raise TrainingError("data.spec_augment: SpecAugment acts on features and cannot apply to stored encoder "
+                            "outputs (inputs='encoder_out'); set data.spec_augment.enabled: false")
 
 
 def _write_config(exp_dir: Path, cfg: TrainConfig, info: DistInfo) -> None:
