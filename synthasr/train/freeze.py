@@ -6,6 +6,9 @@ audio. Freezing the encoder (or its lower layers) is the cheapest protection aga
 
 Patterns are dotted module paths relative to the model: ``encoder``, ``decoder``, ``joiner``,
 ``encoder.embed``, ``encoder.layers.3`` or a range ``encoder.layers.0-5`` (both ends inclusive).
+:func:`resolve_freeze_patterns` adds the per-layer convenience ``encoder_layers_trainable: N``: train
+only the top N encoder layers and what follows them (final norm, output projection), freeze the stem
+and the other layers -- the usual step after a frozen-encoder phase.
 Freezing sets ``requires_grad=False``; the trainer gives only ``requires_grad`` parameters to the
 optimizer. With ``eval_mode=True`` the frozen modules are also kept in ``eval()`` during training so
 dropout is off and normalisation statistics (BatchNorm running means) stay exactly as they were.
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from torch import nn
 
@@ -97,6 +100,49 @@ def valid_module_names(model: nn.Module) -> List[str]:
             else:
                 names.append(f"{top}.{child}")
     return names
+
+
+def encoder_top_layers_patterns(model: nn.Module, num_trainable: int) -> List[str]:
+    """Freeze patterns that leave only the top ``num_trainable`` encoder layers trainable, plus every
+    encoder module registered after ``encoder.layers`` (final norm, output projection, frame merge);
+    the modules registered before it (the stem: subsampling, input dropout) and the lower layers are
+    frozen. Works for any encoder with a ``layers`` ModuleList (Conformer, Whisper)."""
+    encoder = model.encoder
+    layers = getattr(encoder, "layers", None)
+    if not isinstance(layers, (nn.ModuleList, nn.Sequential)) or len(layers) == 0:
+        raise FreezeError(f"encoder_layers_trainable: {type(encoder).__name__} has no 'layers' list to count from")
+    total = len(layers)
+    if isinstance(num_trainable, bool) or not isinstance(num_trainable, int) or not 0 <= num_trainable <= total:
+        raise FreezeError(f"encoder_layers_trainable: {num_trainable!r} is not in 0..{total} "
+                          f"(the encoder has {total} layers)")
+    direct = [name for name, _ in encoder.named_parameters(recurse=False)]
+    if direct:
+        raise FreezeError(f"encoder_layers_trainable: encoder parameter(s) {', '.join(direct)} belong to no "
+                          "submodule and cannot be frozen separately; use freeze patterns")
+    children = [name for name, _ in encoder.named_children()]
+    stem = [f"encoder.{name}" for name in children[: children.index("layers")]]
+    lower = [f"encoder.layers.0-{total - num_trainable - 1}"] if num_trainable < total else []
+    return stem + lower
+
+
+def resolve_freeze_patterns(model: nn.Module, patterns: Sequence[str],
+                            encoder_layers_trainable: Optional[int] = None) -> List[str]:
+    """``patterns`` plus those of ``encoder_layers_trainable`` (when set); a pattern that would freeze
+    part of what ``encoder_layers_trainable`` leaves trainable is a :class:`FreezeError`."""
+    if encoder_layers_trainable is None:
+        return list(patterns)
+    extra = encoder_top_layers_patterns(model, encoder_layers_trainable)
+    frozen_by_extra = expand_patterns(model, extra)
+    kept = [f"encoder.{name}" for name, _ in model.encoder.named_children()
+            if f"encoder.{name}" not in frozen_by_extra and name != "layers"]
+    kept += [f"encoder.layers.{i}" for i in range(len(model.encoder.layers))
+             if f"encoder.layers.{i}" not in frozen_by_extra]
+    for name in expand_patterns(model, patterns):
+        clash = next((k for k in kept if k == name or k.startswith(name + ".") or name.startswith(k + ".")), None)
+        if clash is not None:
+            raise FreezeError(f"freeze pattern {name!r} freezes {clash}, which encoder_layers_trainable: "
+                              f"{encoder_layers_trainable} leaves trainable")
+    return list(patterns) + [p for p in extra if p not in patterns]
 
 
 def _expand_one(model: nn.Module, pattern: str) -> List[str]:
