@@ -15,8 +15,9 @@ Layout of the saved dict (all values are tensors, numbers, strings, lists or dic
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
@@ -25,6 +26,8 @@ from synthasr.utils.io import atomic_path
 FORMAT = "synthasr-checkpoint"
 VERSION = 1
 PathLike = Union[str, Path]
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive (torch >= 1.6)
+_KNOWN_MAGIC = {b"RIFF": "a WAV file", b"fLaC": "a FLAC file", b"OggS": "an Ogg file", b"ID3": "an MP3 file"}
 
 
 class CheckpointError(RuntimeError):
@@ -48,7 +51,15 @@ def save_checkpoint(
     train_state: Optional[Dict[str, Any]] = None,
     meta: Optional[Dict[str, Any]] = None,
 ) -> Path:
-    """Write a checkpoint atomically (temp file in the same dir + rename)."""
+    """Write a checkpoint atomically (temp file in the same dir + rename).
+
+    Refuses (nothing written) a state dict with NaN/Inf weights: such a file would replace a good
+    checkpoint and then resume, average, decode or export to garbage.
+    """
+    path = Path(path)
+    bad = first_nonfinite(model_state)
+    if bad is not None:
+        raise CheckpointError(f"{path}: refusing to save non-finite weights ({bad} has NaN/Inf); nothing written")
     payload: Dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
@@ -61,33 +72,87 @@ def save_checkpoint(
         payload["tokenizer"] = bytes_to_tensor(tokenizer_proto)
     if train_state is not None:
         payload["train_state"] = train_state
-    path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
 
 
-def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """Load and sanity-check a checkpoint without ever unpickling arbitrary objects."""
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu",
+                    mmap: bool = False) -> Dict[str, Any]:
+    """Load and sanity-check a checkpoint without ever unpickling arbitrary objects.
+
+    Every failure is a one-line :class:`CheckpointError` naming the file: not a torch archive (a WAV,
+    random bytes), truncated, foreign Python objects, wrong layout, or NaN/Inf weights. ``mmap=True``
+    maps tensors instead of reading them (a cheap loadability check).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    _check_header(path)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: refused to load: contains non-tensor Python objects ({first})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint: {first}") from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(f"{path}: refused to load: contains non-tensor Python objects{what}") from None
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # torch raises RuntimeError, EOFError, IndexError, KeyError ... on bad archives
+        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint: {_first_line(e)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a SynthASR checkpoint (missing format={FORMAT!r})")
-    if int(ckpt.get("version", -1)) > VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {ckpt['version']} is newer than this SynthASR ({VERSION})")
+    version = ckpt.get("version", -1)
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path}: checkpoint version must be an int, got {type(version).__name__}")
+    if version > VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {version} is newer than this SynthASR ({VERSION})")
     for key in ("model", "model_config"):
-        if key not in ckpt:
-            raise CheckpointError(f"{path}: checkpoint lacks {key!r}")
+        if not isinstance(ckpt.get(key), dict):
+            raise CheckpointError(f"{path}: checkpoint lacks {key!r} (or it is not a mapping)")
+    not_tensor = next((k for k, v in ckpt["model"].items() if not isinstance(v, torch.Tensor)), None)
+    if not_tensor is not None:
+        raise CheckpointError(f"{path}: weight {not_tensor!r} is not a tensor")
+    bad = first_nonfinite(ckpt["model"])
+    if bad is not None:
+        raise CheckpointError(f"{path}: weights are not finite ({bad} has NaN/Inf); refusing to use them")
     return ckpt
+
+
+def checkpoint_is_loadable(path: PathLike) -> bool:
+    """True when :func:`load_checkpoint` accepts ``path`` (tensors memory-mapped, not read into RAM)."""
+    try:
+        load_checkpoint(path, mmap=True)
+    except CheckpointError:
+        return False
+    return True
+
+
+def first_nonfinite(state: Mapping[str, Any]) -> Optional[str]:
+    """Name of the first floating-point tensor holding NaN or Inf, or None."""
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel():
+            if not bool(torch.isfinite(value).all()):
+                return key
+    return None
+
+
+def _check_header(path: Path) -> None:
+    """Refuse files that are not torch zip archives before torch.load parses them."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint: {e.strerror or e}") from None
+    if head == _ZIP_MAGIC:
+        return
+    kind = next((name for magic, name in _KNOWN_MAGIC.items() if head.startswith(magic)), None)
+    what = kind or ("an empty file" if not head else f"a file starting with {head!r}")
+    raise CheckpointError(f"{path}: not a checkpoint: {what}, not a torch archive")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def tokenizer_proto(ckpt: Dict[str, Any]) -> Optional[bytes]:

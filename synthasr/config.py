@@ -7,6 +7,7 @@ expected int, got 'six'``). A typo must never silently fall back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -101,6 +102,17 @@ def from_dict(cls: Type[T], data: Any, where: str = "config", key: str = "") -> 
     return obj
 
 
+def check_finite(obj: Any) -> None:
+    """Raise :class:`ConfigError` naming the first float field of dataclass ``obj`` (or float in a
+    list field) that is NaN or infinite: ``lr: .inf`` compares fine with ``lr <= 0`` and then trains NaN."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"{f.name}: must be a finite number, got {value}")
+
+
 def to_dict(obj: Any) -> Any:
     """Dataclass -> plain dict (for YAML/JSON dumps and checkpoints)."""
     if dataclasses.is_dataclass(obj):
@@ -152,6 +164,8 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: {key}: expected float, got {_describe(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: {key}: must be a finite number, got {value}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):

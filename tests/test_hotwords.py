@@ -146,3 +146,25 @@ def test_greedy_max_symbols_per_frame():
     model, (enc, lens) = _FakeModel(), _frames([0.1, 0.2, 0.7, 0, 0, 0], [0.8, 0.1, 0.1, 0, 0, 0])
     assert greedy_search(model, enc, lens) == [[2]]
     assert greedy_search(model, enc, lens, max_sym_per_frame=3) == [[2, 2, 2]]
+
+
+def test_docs_recommend_only_the_measured_hotword_score():
+    """README/docs examples use the score the recipe measured (conf/default.yaml decode.hotword_score:
+    0.5; 2.0 raised WER on every set); the only other value allowed is the API's documented default."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from synthasr.decode.bundle import ASRBundle
+
+    repo = Path(__file__).resolve().parents[1]
+    measured = yaml.safe_load((repo / "recipes/medication/conf/default.yaml").read_text())["decode"]["hotword_score"]
+    api_default = inspect.signature(ASRBundle.transcribe).parameters["hotword_score"].default
+    found = []
+    for path in [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]:
+        for m in re.finditer(r"hotword_score=([0-9.]+)|--hotword-score ([0-9.]+)", path.read_text()):
+            found.append((path.name, float(m.group(1) or m.group(2))))
+    examples = [(name, v) for name, v in found if v != api_default]
+    assert examples and all(v == measured for _, v in examples), examples

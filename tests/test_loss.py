@@ -428,3 +428,95 @@ def test_cuda_matches_cpu():
     cpu = L.rnnt_loss(logits, symbols, BLANK, boundary, reduction="none", backend="builtin")
     gpu = L.rnnt_loss(logits.cuda(), symbols.cuda(), BLANK, boundary.cuda(), reduction="none", backend="builtin")
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- wiring: config -> backend
+
+
+def _transducer_batch():
+    from synthasr.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"preset": "tiny", "vocab_size": 12})
+    feats = torch.randn(2, 48, 80)
+    return model, feats, torch.tensor([48, 40]), [[3, 4, 5], [6, 7]]
+
+
+@pytest.mark.parametrize("loss_kwargs, calls", [
+    ({"kind": "pruned"}, ["the simple loss", "the pruned loss"]),
+    ({"kind": "pruned", "am_scale": 0.1, "lm_scale": 0.1}, ["the smoothed loss", "the pruned loss"]),
+    ({"kind": "full"}, ["the full loss"]),
+])
+def test_transducer_hands_the_configured_backend_to_every_loss(monkeypatch, loss_kwargs, calls):
+    from synthasr.loss import losses
+
+    seen = []
+    real = losses.resolve_backend
+
+    def spy(requested, supported, what, *args, **kwargs):
+        seen.append((what, requested))
+        return real(requested, supported, what, *args, **kwargs)
+
+    monkeypatch.setattr(losses, "resolve_backend", spy)
+    model, feats, lens, y = _transducer_batch()
+    model(feats, lens, y, L.LossConfig(backend="builtin", **loss_kwargs))
+    assert seen == [(what, "builtin") for what in calls]
+
+
+def test_pruned_loss_with_a_missing_explicit_backend_fails_loudly(monkeypatch):
+    monkeypatch.setattr(backends, "backend_module", lambda name: None)
+    model, feats, lens, y = _transducer_batch()
+    with pytest.raises(L.LossBackendError, match="'k2' is not installed: install a k2 wheel"):
+        model(feats, lens, y, L.LossConfig(kind="pruned", backend="k2"))
+
+
+@pytest.fixture
+def fake_import(monkeypatch):
+    """Make ``importlib.import_module(name)`` raise ``error`` for one module; the cache is reset around it."""
+    real = backends.importlib.import_module
+
+    def install(module: str, error: BaseException) -> None:
+        def fake(name, *args, **kwargs):
+            if name == module:
+                raise error
+            return real(name, *args, **kwargs)
+
+        monkeypatch.setattr(backends.importlib, "import_module", fake)
+        backends.backend_module.cache_clear()
+
+    yield install
+    backends.backend_module.cache_clear()
+    backends._UNUSABLE.clear()
+
+
+def test_broken_compiled_backend_is_logged_with_its_import_error(fake_import, caplog):
+    fake_import("k2", OSError("libk2_torch_api.so: undefined symbol: _ZN3c104impl"))
+    with caplog.at_level("WARNING", logger="synthasr.loss.backends"):
+        assert backends.backend_module("k2") is None
+        assert "k2" not in L.available_backends()
+    assert "k2" in caplog.text and "undefined symbol" in caplog.text
+    with pytest.raises(L.LossBackendError, match=r"'k2' is installed but unusable \(import failed: OSError: .*undefined symbol"):
+        backends.require_backend("k2")
+
+
+def test_backend_that_is_simply_not_installed_stays_silent(fake_import, caplog):
+    error = ModuleNotFoundError("No module named 'k2'", name="k2")
+    fake_import("k2", error)
+    with caplog.at_level("WARNING", logger="synthasr.loss.backends"):
+        assert backends.backend_module("k2") is None
+    assert caplog.text == ""
+    with pytest.raises(L.LossBackendError, match="'k2' is not installed"):
+        backends.require_backend("k2")
+
+
+def test_require_backend_accepts_auto_and_builtin_without_importing():
+    backends.require_backend("auto")
+    backends.require_backend("builtin")
+    with pytest.raises(L.LossBackendError, match="unknown RNN-T loss backend 'warp'"):
+        backends.require_backend("warp")
+
+
+def test_torchaudio_backend_with_the_pruned_loss_is_a_config_error():
+    with pytest.raises(ConfigError, match="'torchaudio' implements only the full loss; set kind: full"):
+        from_dict(L.LossConfig, {"backend": "torchaudio"}, where="t.yaml", key="loss")
+    assert from_dict(L.LossConfig, {"backend": "torchaudio", "kind": "full"}).kind == "full"

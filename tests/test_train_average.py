@@ -73,3 +73,36 @@ def test_average_cli_writes_pretrained_without_train_state(tmp_path):
     assert ckpt["meta"]["averaged_from"] == ["epoch-2.pt", "epoch-3.pt"]
     missing = CliRunner().invoke(average, ["--exp-dir", str(tmp_path), "--epoch", "5", "--avg", "1"])
     assert missing.exit_code == 1 and "epoch-5.pt" in missing.output
+
+
+def test_find_step_checkpoints_icefall_iter_convention(tmp_path):
+    from synthasr.train.average import find_step_checkpoints
+
+    for step in (100, 200, 300, 400):
+        _save(tmp_path / f"checkpoint-{step}.pt", _state(step, step), step)
+    (tmp_path / "checkpoint-latest.pt").write_bytes(b"")  # not a step file: ignored
+    assert [p.name for p in find_step_checkpoints(tmp_path, 300, 2)] == ["checkpoint-200.pt", "checkpoint-300.pt"]
+    assert [p.name for p in find_step_checkpoints(tmp_path, 400, 1)] == ["checkpoint-400.pt"]
+    with pytest.raises(AverageError, match=r"checkpoint-250\.pt: checkpoint not found \(needed for --iter 250"):
+        find_step_checkpoints(tmp_path, 250, 2)
+    with pytest.raises(AverageError, match=r"needs 4 checkpoint-STEP\.pt with STEP <= 300, found 3"):
+        find_step_checkpoints(tmp_path, 300, 4)
+
+
+def test_average_cli_iter_averages_step_checkpoints(tmp_path):
+    from click.testing import CliRunner
+
+    from synthasr.cli.train import average
+
+    states = {step: _state(step, step) for step in (100, 200, 300)}
+    for step, s in states.items():
+        _save(tmp_path / f"checkpoint-{step}.pt", s, step)
+    result = CliRunner().invoke(average, ["--exp-dir", str(tmp_path), "--iter", "300", "--avg", "2"])
+    assert result.exit_code == 0, result.output
+    ckpt = load_checkpoint(tmp_path / "pretrained-iter-300-avg-2.pt")
+    assert torch.allclose(ckpt["model"]["w"], (states[200]["w"] + states[300]["w"]) / 2, atol=1e-7)
+    assert ckpt["meta"]["averaged_from"] == ["checkpoint-200.pt", "checkpoint-300.pt"]
+    both = CliRunner().invoke(average, ["--exp-dir", str(tmp_path), "--iter", "300", "--epoch", "1"])
+    assert both.exit_code == 2 and "exactly one of --epoch or --iter" in both.output
+    short = CliRunner().invoke(average, ["--exp-dir", str(tmp_path), "--iter", "300", "--avg", "5"])
+    assert short.exit_code == 1 and "found 3" in short.output and short.output.strip().count("\n") == 0

@@ -91,3 +91,79 @@ def test_cli_train_requires_paths(tmp_path):
     assert result.exit_code == 1 and "train_cuts is required" in result.output
     result = CliRunner().invoke(train, [])
     assert result.exit_code == 2 and "exactly one of --config or --schedule" in result.output
+
+
+# ----------------------------------------------------------------------------- non-finite values
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("optim: {lr: .inf}\n", "optim.lr"),
+        ("optim: {lr: .nan}\n", "optim.lr"),
+        ("optim: {max_grad_norm: .inf}\n", "optim.max_grad_norm"),
+        ("optim: {betas: [0.9, .nan]}\n", "optim.betas[1]"),
+        ("loss: {am_scale: .nan}\n", "loss.am_scale"),
+        ("data: {max_duration: .inf}\n", "data.max_duration"),
+        ("model: {dropout: .nan}\n", "model.dropout"),
+    ],
+)
+def test_non_finite_values_are_refused_naming_the_key(tmp_path, text, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(TrainConfig, _write(tmp_path, text))
+    msg = str(e.value)
+    assert f"train.yaml: {key}: must be a finite number" in msg and "\n" not in msg
+
+
+def test_cli_override_lr_inf_is_refused_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from synthasr.cli.train import train
+
+    path = _write(tmp_path, "seed: 1\n")
+    result = CliRunner().invoke(train, ["--config", str(path), "-o", "optim.lr=inf"])
+    assert result.exit_code == 1, result.output
+    assert "optim.lr: must be a finite number, got inf" in result.output
+    assert result.output.strip().count("\n") == 0
+
+
+def test_fit_refuses_a_non_finite_config_built_in_python(tmp_path):
+    from synthasr.train.config import OptimConfig
+    from synthasr.train.trainer import fit
+
+    cfg = TrainConfig(optim=OptimConfig(lr=float("inf")))
+    with pytest.raises(ConfigError, match=r"^optim\.lr: must be a finite number, got inf$"):
+        fit(cfg, tmp_path / "exp", train_cuts=None, tokenizer=object())
+    assert not (tmp_path / "exp").exists()
+
+
+# ----------------------------------------------------------------------------- loss backend at startup
+
+
+def test_fit_refuses_a_missing_loss_backend_before_any_work(tmp_path, monkeypatch):
+    from synthasr.loss import LossConfig, backends
+    from synthasr.train.trainer import TrainingError, fit
+
+    monkeypatch.setattr(backends, "backend_module", lambda name: None)
+    cfg = TrainConfig(loss=LossConfig(kind="full", backend="torchaudio"))
+    with pytest.raises(TrainingError) as e:
+        fit(cfg, tmp_path / "exp", train_cuts=None, tokenizer=object())
+    msg = str(e.value)
+    assert msg.startswith("loss.backend: RNN-T loss backend 'torchaudio' is not installed: `pip install torchaudio==")
+    assert "\n" not in msg and not (tmp_path / "exp").exists()
+
+
+def test_gpu_schedule_trains_with_torchaudio_full_loss_and_cpu_schedules_stay_pruned():
+    from pathlib import Path
+
+    from synthasr.config import from_dict, load_yaml
+
+    conf = Path(__file__).resolve().parents[1] / "recipes" / "medication" / "conf" / "schedule"
+    expected = {"gpu": ("full", "torchaudio"), "default": ("pruned", "auto"), "smoke": ("pruned", "auto")}
+    for name, (kind, backend) in expected.items():
+        data = load_yaml(conf / f"{name}.yaml")
+        cfg = from_dict(TrainConfig, data["base"]["train"], where=name)
+        assert (cfg.loss.kind, cfg.loss.backend) == (kind, backend), name
+        for stage in data["stages"]:  # no stage switches the loss back
+            loss = stage.get("train", {}).get("loss", {})
+            assert set(loss) <= {"warmup_steps"}, (name, stage["name"], loss)

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train_support import make_tone_cuts, state_dicts_equal, train_tokenizer  # noqa: E402
+from test_train_support import make_tone_cuts, state_dicts_equal, tiny_train_config, train_tokenizer  # noqa: E402
 
 from synthasr.checkpoint import load_checkpoint  # noqa: E402
 
@@ -144,3 +144,81 @@ def test_sigkill_during_checkpoint_write_keeps_previous_loadable(tmp_path):
         if mid_write:
             break
     assert mid_write >= 1  # a kill really interrupted a write (a partial temp file was left)
+
+
+# ----------------------------------------------------------------------------- pruning and bad resume state
+
+
+def _step_checkpoint(exp: Path, step: int) -> Path:
+    from synthasr.checkpoint import save_checkpoint
+
+    return save_checkpoint(exp / f"checkpoint-{step}.pt", {"w": torch.full((3,), float(step))},
+                           {"preset": "tiny", "vocab_size": 9}, train_state={"step": step})
+
+
+def _names(exp: Path):
+    return sorted((p.name for p in exp.glob("checkpoint-*.pt")), key=lambda n: int(n.split("-")[1][:-3]))
+
+
+def test_prune_never_keeps_an_unreadable_checkpoint_instead_of_good_ones(tmp_path):
+    from synthasr.train.trainer import prune_checkpoints
+
+    (tmp_path / "checkpoint-999.pt").write_bytes(b"\x00" * 100)  # unreadable, largest step
+    for step in (2, 4, 6):
+        _step_checkpoint(tmp_path, step)
+        prune_checkpoints(tmp_path, keep_last_k=1, protect=tmp_path / f"checkpoint-{step}.pt")
+    assert _names(tmp_path) == ["checkpoint-6.pt", "checkpoint-999.pt"]  # the bad file is left, never counted
+    prune_checkpoints(tmp_path, keep_last_k=2)
+    assert _names(tmp_path) == ["checkpoint-6.pt", "checkpoint-999.pt"]
+
+
+def test_prune_keeps_the_k_newest_loadable_and_the_one_just_written(tmp_path):
+    from synthasr.train.trainer import prune_checkpoints
+
+    for step in (1, 2, 3, 4):
+        _step_checkpoint(tmp_path, step)
+    (tmp_path / "checkpoint-5.pt").write_bytes(b"PK\x03\x04 truncated")
+    prune_checkpoints(tmp_path, keep_last_k=2)
+    assert _names(tmp_path) == ["checkpoint-3.pt", "checkpoint-4.pt", "checkpoint-5.pt"]
+    _step_checkpoint(tmp_path, 1000)  # a loadable leftover with a larger step than the run's own
+    _step_checkpoint(tmp_path, 6)
+    prune_checkpoints(tmp_path, keep_last_k=1, protect=tmp_path / "checkpoint-6.pt")
+    assert _names(tmp_path) == ["checkpoint-5.pt", "checkpoint-6.pt", "checkpoint-1000.pt"]
+
+
+def _tamper_rng(ts):
+    del ts["rng"]
+
+
+def _tamper_optimizer(ts):
+    ts["optimizer"] = {"state": {}, "param_groups": []}
+
+
+def _tamper_step_type(ts):
+    ts["step"] = "2"
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (_tamper_rng, "malformed train_state: missing key 'rng'"),
+    (_tamper_step_type, "malformed train_state: step must be int, got str"),
+    (_tamper_optimizer, "cannot resume from this checkpoint: .*parameter groups"),
+])
+def test_malformed_train_state_on_resume_is_one_line_naming_the_file(setup, tmp_path, tamper, message):
+    from lhotse import load_manifest
+
+    from synthasr.tokenizer import Tokenizer
+    from synthasr.train.trainer import TrainingError, fit
+
+    root, _ = setup
+    cuts = load_manifest(root / "cuts.jsonl.gz")
+    tok = Tokenizer.load(root / "bpe" / "bpe.model")
+    cfg = tiny_train_config(max_steps=2, checkpoint_every_n_steps=2, keep_last_k=0)
+    final = fit(cfg, tmp_path, cuts, None, tok)
+    final.unlink()
+    path = tmp_path / "checkpoint-2.pt"
+    ckpt = load_checkpoint(path)
+    tamper(ckpt["train_state"])
+    torch.save(ckpt, path)
+    with pytest.raises(TrainingError, match=message) as e:
+        fit(cfg, tmp_path, cuts, None, tok)
+    assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)

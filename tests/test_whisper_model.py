@@ -151,3 +151,31 @@ def test_checkpoint_bundle_decoding_and_averaging(assets):
     assert beam1 == greedy == bundle.transcribe(wav, method="modified_beam_search", beam_size=1)
     biased = bundle.transcribe(wav, hotwords=["metformin"], hotword_score=2.0, beam_size=4)
     assert isinstance(biased, str)
+
+
+def test_onnx_export_of_whisper_model_matches_pytorch_on_whisper_features(assets, tmp_path):
+    """sherpa-onnx cannot compute Whisper log-mel, so the deployable path is onnxruntime on our features."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from synthasr.data.features import FeatureConfig, make_extractor
+    from synthasr.export.onnx import export_model_onnx, read_metadata
+
+    model, tok = assets["model"].eval(), assets["tok"]
+    features = FeatureConfig(type="whisper_fbank")
+    exported = export_model_onnx(model, tok.tokens_txt(), features, tmp_path / "onnx")
+    meta = read_metadata(exported.encoder)
+    assert meta["subsampling_factor"] == "4" and "Whisper log-mel" in meta["feature"]
+    rng = np.random.default_rng(1)
+    extractor = make_extractor(features)
+    clips = [extractor.extract((0.1 * rng.standard_normal(n)).astype(np.float32), 16000) for n in (9120, 5600, 3360)]
+    lens = np.array([len(c) for c in clips], dtype=np.int64)  # 57, 35, 21 frames: odd after the stem
+    x = np.zeros((3, lens.max(), 80), dtype=np.float32)
+    for i, c in enumerate(clips):
+        x[i, : len(c)] = c
+    session = ort.InferenceSession(str(exported.encoder), providers=["CPUExecutionProvider"])
+    out, out_lens = session.run(None, {"x": x, "x_lens": lens})
+    with torch.no_grad():
+        enc, enc_lens = model.encode(torch.from_numpy(x), torch.from_numpy(lens))
+        want = model.joiner.encoder_proj(enc).numpy()
+    assert out_lens.tolist() == enc_lens.tolist() == [15, 9, 6]
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)

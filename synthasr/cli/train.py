@@ -87,6 +87,7 @@ def train(config: Optional[str], schedule: Optional[str], exp_dir: Optional[str]
     from synthasr.checkpoint import CheckpointError
     from synthasr.config import ConfigError
     from synthasr.data.dataset import DatasetError
+    from synthasr.loss import LossBackendError
     from synthasr.train.schedule import ScheduleError
     from synthasr.train.trainer import TrainingError
 
@@ -108,24 +109,36 @@ def train(config: Optional[str], schedule: Optional[str], exp_dir: Optional[str]
                 click.echo(f"stage {stage.name} ({done}): {stage.checkpoint}; WER % {wers}")
             if result.report is not None:
                 click.echo(f"report: {result.exp_dir / 'report.md'}")
-    except (ConfigError, ScheduleError, TrainingError, CheckpointError, DatasetError) as e:
+    except (ConfigError, ScheduleError, TrainingError, CheckpointError, DatasetError, LossBackendError) as e:
         raise click.ClickException(str(e)) from None
 
 
 @click.command("average")
 @click.option("--exp-dir", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--epoch", required=True, type=int, help="Last epoch to include (epoch-E.pt).")
-@click.option("--avg", default=1, show_default=True, type=int, help="Number of epochs to average.")
+@click.option("--epoch", type=int, default=None, help="Last epoch to include (epoch-E.pt).")
+@click.option("--iter", "iteration", type=int, default=None,
+              help="Last training step to include (checkpoint-N.pt); instead of --epoch.")
+@click.option("--avg", default=1, show_default=True, type=int, help="Number of checkpoints to average.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Output file [default: <exp-dir>/pretrained-epoch-E-avg-K.pt].")
-def average(exp_dir: str, epoch: int, avg: int, out: Optional[str]) -> None:
-    """Average epoch-(E-K+1)..epoch-E into a pretrained-style model file (no optimizer state)."""
-    from synthasr.checkpoint import CheckpointError
-    from synthasr.train.average import AverageError, find_checkpoints, write_averaged
+              help="Output file [default: <exp-dir>/pretrained-epoch-E-avg-K.pt or pretrained-iter-N-avg-K.pt].")
+def average(exp_dir: str, epoch: Optional[int], iteration: Optional[int], avg: int, out: Optional[str]) -> None:
+    """Average checkpoints into a pretrained-style model file (no optimizer state).
 
-    target = Path(out) if out else Path(exp_dir) / f"pretrained-epoch-{epoch}-avg-{avg}.pt"
+    ``--epoch E --avg K``: epoch-(E-K+1).pt .. epoch-E.pt. ``--iter N --avg K``: the K newest
+    checkpoint-STEP.pt with STEP <= N (icefall's convention; what recipe stages bounded by max_steps write).
+    """
+    from synthasr.checkpoint import CheckpointError
+    from synthasr.train.average import AverageError, find_checkpoints, find_step_checkpoints, write_averaged
+
+    if (epoch is None) == (iteration is None):
+        raise click.UsageError("give exactly one of --epoch or --iter")
+    name = f"epoch-{epoch}" if epoch is not None else f"iter-{iteration}"
+    target = Path(out) if out else Path(exp_dir) / f"pretrained-{name}-avg-{avg}.pt"
     try:
-        paths = find_checkpoints(exp_dir, epoch, avg)
+        if epoch is not None:
+            paths = find_checkpoints(exp_dir, epoch, avg)
+        else:
+            paths = find_step_checkpoints(exp_dir, iteration, avg)
         write_averaged(paths, target)
     except (AverageError, CheckpointError) as e:
         raise click.ClickException(str(e)) from None

@@ -87,8 +87,9 @@ class ASRBundle:
             raise CheckpointError(
                 f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model was built for "
                 f"vocab_size={model_cfg.vocab_size}")
+        with torch.device("meta"):  # shapes only: a config that disagrees with the weights allocates nothing
+            check_state_dict(build_model(model_cfg).state_dict(), ckpt["model"], str(path))
         model = build_model(model_cfg)
-        check_state_dict(model.state_dict(), ckpt["model"], str(path))
         model.load_state_dict(ckpt["model"], strict=True)
         return cls(model, tokenizer, feature_cfg, device=device, source=str(path))
 

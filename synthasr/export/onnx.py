@@ -21,7 +21,9 @@ Features: sherpa-onnx computes 80-bin kaldi-native-fbank features (25 ms / 10 ms
 snip_edges false, low_freq 20, high_freq -400, log floor FLT_EPSILON) on samples in [-1, 1]
 (``normalize_samples=True``, its default: no scaling by 32768). Those are lhotse ``Fbank``'s defaults,
 which is what :func:`synthasr.data.features.make_extractor` builds, so the two front ends agree; a
-feature config that sherpa-onnx cannot reproduce (other window sizes, non-fbank) is refused.
+feature config with other window sizes is refused. Whisper-encoder models (``whisper_fbank``) export to
+the same files, but sherpa-onnx cannot compute Whisper's log-mel: whoever runs ``encoder.onnx`` must feed
+it ``make_extractor(feature_config)`` features (the export logs a warning and says so in the metadata).
 
 The export is atomic: all files are written and checked against PyTorch in a staging folder inside
 ``out_dir``, then renamed into place one by one; a failed export leaves ``out_dir`` as it was.
@@ -49,6 +51,10 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 DEFAULT_OPSET = 17
 SUBSAMPLING_FACTOR = 4
+FEATURE_DESCRIPTIONS = {
+    "fbank": "kaldi fbank, povey window, dither 0, snip_edges false, samples in [-1, 1]",
+    "whisper_fbank": "Whisper log-mel (log10, clamp to max - 8, (x + 4) / 4); not sherpa-onnx's front end",
+}
 # sherpa-onnx's offline front end: frame length/shift are fixed in its Python API.
 SHERPA_FRAME_SHIFT_S = 0.010
 SHERPA_FRAME_LENGTH_S = 0.025
@@ -118,9 +124,12 @@ def check_exportable(model_config, feature_config, where: str = "checkpoint") ->
             f"{where}: model_config.decoder_type={model_config.decoder_type!r} cannot be exported: sherpa-onnx's "
             "offline transducer only runs a stateless decoder (input: the last context_size tokens, no "
             "recurrent state); retrain with decoder_type: stateless")
-    if feature_config.type != "fbank":
+    if feature_config.type not in FEATURE_DESCRIPTIONS:
         raise UnsupportedModelError(
-            f"{where}: feature_config.type={feature_config.type!r}: sherpa-onnx computes fbank features only")
+            f"{where}: feature_config.type={feature_config.type!r}: expected one of {sorted(FEATURE_DESCRIPTIONS)}")
+    if feature_config.type == "whisper_fbank":
+        log.warning("%s: Whisper log-mel model: sherpa-onnx's front end computes kaldi fbank, not these features; "
+                    "run encoder.onnx on synthasr.data.features.make_extractor features (docs/deployment.md)", where)
     for key, expected in (("frame_shift", SHERPA_FRAME_SHIFT_S), ("frame_length", SHERPA_FRAME_LENGTH_S)):
         value = float(getattr(feature_config, key))
         if abs(value - expected) > 1e-9:
@@ -307,17 +316,17 @@ def model_metadata(model: nn.Module, feature_config, extra: Mapping[str, str] = 
     encoder = {
         **common,
         "model_type": "conformer",
-        "comment": "SynthASR non-streaming Conformer transducer; encoder_out is already projected by "
-                   "joiner.encoder_proj",
+        "comment": f"SynthASR non-streaming {getattr(cfg, 'encoder', 'conformer')} transducer; encoder_out is "
+                   "already projected by joiner.encoder_proj",
         "encoder_dim": str(cfg.encoder_dim),
         "joiner_dim": str(cfg.joiner_dim),
         "num_encoder_layers": str(cfg.num_encoder_layers),
-        "subsampling_factor": str(SUBSAMPLING_FACTOR),
+        "subsampling_factor": str(_subsampling_factor(cfg)),
         "feature_dim": str(cfg.feature_dim),
         "sample_rate": str(feature_config.sampling_rate),
         "frame_shift_ms": f"{feature_config.frame_shift * 1000:g}",
         "frame_length_ms": f"{feature_config.frame_length * 1000:g}",
-        "feature": "kaldi fbank, povey window, dither 0, snip_edges false, samples in [-1, 1]",
+        "feature": FEATURE_DESCRIPTIONS[feature_config.type],
     }
     decoder = {
         **common,
@@ -330,6 +339,13 @@ def model_metadata(model: nn.Module, feature_config, extra: Mapping[str, str] = 
     joiner = {**common, "comment": "output_linear(tanh(encoder_out + decoder_out))",
               "joiner_dim": str(cfg.joiner_dim), "vocab_size": str(cfg.vocab_size)}
     return {"encoder": encoder, "decoder": decoder, "joiner": joiner}
+
+
+def _subsampling_factor(cfg) -> int:
+    """Input frames per encoder frame: 4 for the Conformer, 2 (x extra_subsampling) for Whisper."""
+    if getattr(cfg, "encoder", "conformer") == "whisper":
+        return 2 * cfg.whisper.extra_subsampling
+    return SUBSAMPLING_FACTOR
 
 
 def add_metadata(path: Path, metadata: Mapping[str, str]) -> None:

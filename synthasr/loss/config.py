@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Tuple
 
-from synthasr.config import ConfigError
+from synthasr.config import ConfigError, check_finite
 
 from .backends import BACKEND_CHOICES
 
@@ -28,10 +28,14 @@ class LossConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad key."""
+        check_finite(self)
         if self.backend not in BACKEND_CHOICES:
             raise ConfigError(f"backend: expected one of {list(BACKEND_CHOICES)}, got {self.backend!r}")
         if self.kind not in ("pruned", "full"):
             raise ConfigError(f"kind: expected 'pruned' or 'full', got {self.kind!r}")
+        if self.backend == "torchaudio" and self.kind != "full":
+            raise ConfigError("backend: 'torchaudio' implements only the full loss; set kind: full "
+                              "(or use auto, builtin, k2 or fast_rnnt for the pruned loss)")
         if self.prune_range < 2:
             raise ConfigError(f"prune_range: must be >= 2 (no path survives a narrower band), got {self.prune_range}")
         if not 0.0 <= self.simple_loss_scale <= 1.0:

@@ -29,6 +29,13 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                    decoder_dim=512, joiner_dim=512, dropout=0.1),
 }
 _FALLBACK = PRESETS["small"]
+# Sanity caps, far above any real model (Whisper large: 1280 wide, 32 layers, 128 mels, 51865 tokens):
+# a corrupt or hostile config is refused before a multi-GB model is allocated.
+MAX_SIZES: Dict[str, int] = dict(
+    feature_dim=1024, encoder_dim=8192, num_encoder_layers=128, num_heads=128, ff_dim=32768,
+    conv_kernel_size=1023, subsampling_channels=8192, decoder_dim=8192, context_size=64, lstm_layers=32,
+    joiner_dim=8192, vocab_size=1 << 20,
+)
 ENCODERS = ("conformer", "whisper")
 
 
@@ -115,6 +122,10 @@ class ModelConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name}: must be positive, got {value}")
+        for name, cap in MAX_SIZES.items():
+            value = getattr(self, name)
+            if value is not None and value > cap:
+                raise ConfigError(f"{name}: {value} is implausibly large (at most {cap}); is the config corrupt?")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
         if self.conv_kernel_size is not None and self.conv_kernel_size % 2 == 0:

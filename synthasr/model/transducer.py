@@ -128,7 +128,7 @@ class Transducer(nn.Module):
         logits = self.joiner(am_pruned, lm_pruned, project_input=False)  # (B, T, s_range, V)
         with torch.autocast(device_type=logits.device.type, enabled=False):
             pruned = L.rnnt_loss_pruned(logits.float(), y_padded, ranges, termination_symbol=self.blank_id,
-                                        boundary=boundary, reduction="sum")
+                                        boundary=boundary, reduction="sum", backend=loss_cfg.backend)
         return simple, pruned
 
     def _pad_targets(self, y: List[List[int]], device) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -163,6 +163,7 @@ def _simple_loss(lm, am, symbols, boundary, loss_cfg):
         if smoothed is None:
             raise ValueError("loss.am_scale/lm_scale need synthasr.loss.rnnt_loss_smoothed, which is not available")
         return smoothed(lm=lm, am=am, symbols=symbols, termination_symbol=0, lm_only_scale=loss_cfg.lm_scale,
-                        am_only_scale=loss_cfg.am_scale, boundary=boundary, reduction="sum", return_grad=True)
+                        am_only_scale=loss_cfg.am_scale, boundary=boundary, reduction="sum", return_grad=True,
+                        backend=loss_cfg.backend)
     return L.rnnt_loss_simple(lm, am, symbols, termination_symbol=0, boundary=boundary, reduction="sum",
-                              return_grad=True)
+                              return_grad=True, backend=loss_cfg.backend)

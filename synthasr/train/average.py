@@ -1,10 +1,14 @@
-"""Checkpoint averaging (icefall convention: ``--epoch E --avg K`` averages ``epoch-(E-K+1) .. epoch-E``).
+"""Checkpoint averaging, icefall's conventions: ``--epoch E --avg K`` averages ``epoch-(E-K+1) .. epoch-E``;
+``--iter N --avg K`` averages the K newest ``checkpoint-STEP.pt`` with STEP <= N (``checkpoint-N.pt`` itself
+must exist). The step form is the one for runs bounded by ``max_steps`` (every recipe stage), which
+may never close an epoch.
 
 Averaging the weights of the last few epochs is a cheap, reliable WER gain for transducers; the
 result is a ``pretrained.pt``-style file (weights + configs + tokenizer, no train_state).
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Dict, List, Sequence, Union
 
@@ -13,6 +17,7 @@ import torch
 from synthasr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, tokenizer_proto
 
 PathLike = Union[str, Path]
+_STEP_FILE = re.compile(r"checkpoint-(\d+)\.pt")
 
 
 class AverageError(ValueError):
@@ -30,6 +35,29 @@ def find_checkpoints(exp_dir: PathLike, epoch: int, avg: int) -> List[Path]:
     if missing:
         raise AverageError(f"{missing[0]}: checkpoint not found (needed for --epoch {epoch} --avg {avg})")
     return paths
+
+
+def find_step_checkpoints(exp_dir: PathLike, iteration: int, avg: int) -> List[Path]:
+    """The ``avg`` newest ``checkpoint-STEP.pt`` in ``exp_dir`` with STEP <= ``iteration``, oldest first.
+
+    ``checkpoint-{iteration}.pt`` must exist (a typo in ``--iter`` should not silently average older
+    files); steps need not be consecutive (checkpoints are written every ``checkpoint_every_n_steps``).
+    """
+    if avg < 1:
+        raise AverageError(f"--avg must be >= 1, got {avg}")
+    if iteration < 1:
+        raise AverageError(f"--iter must be >= 1, got {iteration}")
+    exp_dir = Path(exp_dir)
+    last = exp_dir / f"checkpoint-{iteration}.pt"
+    if not last.is_file():
+        raise AverageError(f"{last}: checkpoint not found (needed for --iter {iteration} --avg {avg})")
+    named = (_STEP_FILE.fullmatch(p.name) for p in exp_dir.glob("checkpoint-*.pt"))
+    steps = sorted(int(m.group(1)) for m in named if m and int(m.group(1)) <= iteration)
+    if len(steps) < avg:
+        found = ", ".join(f"checkpoint-{s}.pt" for s in steps)
+        raise AverageError(f"{exp_dir}: --iter {iteration} --avg {avg} needs {avg} checkpoint-STEP.pt with "
+                           f"STEP <= {iteration}, found {len(steps)} ({found})")
+    return [exp_dir / f"checkpoint-{s}.pt" for s in steps[-avg:]]
 
 
 def average_state_dicts(

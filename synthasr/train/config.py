@@ -5,10 +5,11 @@ Everything a training run depends on lives here so that a run is reproduced from
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import List, Literal, Optional
+from typing import Any, List, Literal, Optional
 
-from synthasr.config import ConfigError
+from synthasr.config import ConfigError, check_finite
 from synthasr.data.features import FeatureConfig
 from synthasr.loss import LossConfig
 from synthasr.model.config import ModelConfig
@@ -36,6 +37,7 @@ class OptimConfig:
     max_grad_norm: float = 5.0
 
     def validate(self) -> None:
+        check_finite(self)
         if self.lr <= 0:
             raise ConfigError(f"lr: must be positive, got {self.lr}")
         if self.weight_decay < 0:
@@ -66,6 +68,7 @@ class SpecAugmentConfig:
     p: float = 0.9
 
     def validate(self) -> None:
+        check_finite(self)
         if not 0.0 <= self.p <= 1.0:
             raise ConfigError(f"p: must be in [0, 1], got {self.p}")
         if self.num_feature_masks < 0 or self.num_frame_masks < 0:
@@ -90,6 +93,7 @@ class DataConfig:
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
 
     def validate(self) -> None:
+        check_finite(self)
         if self.max_duration <= 0:
             raise ConfigError(f"max_duration: must be positive, got {self.max_duration}")
         if self.num_buckets < 1:
@@ -126,6 +130,7 @@ class TrainConfig:
     exp_dir: Optional[str] = None
 
     def validate(self) -> None:
+        check_finite(self)
         if self.num_epochs < 1:
             raise ConfigError(f"num_epochs: must be >= 1, got {self.num_epochs}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -137,3 +142,21 @@ class TrainConfig:
             raise ConfigError(f"keep_last_k: must be >= 0 (0 keeps all), got {self.keep_last_k}")
         if self.max_bad_steps < 0:
             raise ConfigError(f"max_bad_steps: must be >= 0, got {self.max_bad_steps}")
+
+
+def validate_tree(config: Any, key: str = "") -> None:
+    """Run ``validate()`` on a dataclass config and every nested section, naming the dotted key.
+
+    YAML goes through :func:`synthasr.config.from_dict`, which does this on load; a config built in
+    Python (``TrainConfig(optim=OptimConfig(lr=float("inf")))``) is checked here before training.
+    """
+    if not dataclasses.is_dataclass(config):
+        return
+    for f in dataclasses.fields(config):
+        validate_tree(getattr(config, f.name), f"{key}{f.name}.")
+    validate = getattr(config, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ConfigError as e:
+            raise ConfigError(f"{key}{e}") from None

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from synthasr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from synthasr.checkpoint import CheckpointError, checkpoint_is_loadable, load_checkpoint, save_checkpoint
 from synthasr.config import to_dict
 from synthasr.data.dataset import (AsrDataset, EncoderOutDataset, EpochBatches, dev_loader, make_loader, make_sampler,
                                    make_spec_augment)
@@ -167,8 +167,35 @@ def _newest_loadable(candidates: List[Tuple[int, Path]]) -> Optional[Tuple[Path,
             log.warning("skipping unreadable checkpoint: %s", e)
             continue
         if "train_state" in ckpt:
+            check_train_state(path, ckpt["train_state"])
             return path, ckpt
     return None
+
+
+# What a resumable checkpoint's train_state must hold (see _Trainer._train_state).
+_TRAIN_STATE_TYPES: Dict[str, type] = {
+    "step": int, "epoch": int, "batches_done": int, "bad_steps": int, "world_size": int, "seed": int,
+    "optimizer": dict, "scheduler": dict, "scaler": dict, "rng": list,
+}
+
+
+def check_train_state(path: Path, train_state: Any) -> None:
+    """One-line :class:`TrainingError` naming the file and key when ``train_state`` is malformed."""
+    if not isinstance(train_state, dict):
+        raise TrainingError(f"{path}: malformed train_state: expected a mapping, got {type(train_state).__name__}")
+    for key, kind in _TRAIN_STATE_TYPES.items():
+        if key not in train_state:
+            raise TrainingError(f"{path}: malformed train_state: missing key {key!r}")
+        value = train_state[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise TrainingError(f"{path}: malformed train_state: {key} must be {kind.__name__}, "
+                                f"got {type(value).__name__}")
+    for key in ("step", "epoch", "batches_done", "bad_steps", "world_size"):
+        if train_state[key] < (1 if key in ("epoch", "world_size") else 0):
+            raise TrainingError(f"{path}: malformed train_state: {key} = {train_state[key]} is out of range")
+    if len(train_state["rng"]) != train_state["world_size"]:
+        raise TrainingError(f"{path}: malformed train_state: rng holds {len(train_state['rng'])} states "
+                            f"for world_size {train_state['world_size']}")
 
 
 def find_resume_checkpoint(exp_dir: PathLike) -> Optional[Tuple[Path, Dict[str, Any]]]:
@@ -181,17 +208,39 @@ def find_resume_checkpoint(exp_dir: PathLike) -> Optional[Tuple[Path, Dict[str, 
     return max(found, key=lambda c: int(c[1]["train_state"]["step"]))
 
 
-def prune_checkpoints(exp_dir: PathLike, keep_last_k: int) -> None:
-    """Delete all but the newest ``keep_last_k`` ``checkpoint-*.pt`` (0 keeps all; epoch files stay)."""
+def prune_checkpoints(exp_dir: PathLike, keep_last_k: int, protect: Optional[PathLike] = None) -> None:
+    """Delete all but the ``keep_last_k`` loadable ``checkpoint-*.pt`` with the largest steps.
+
+    Only loadable files count (checked cheaply: tensors memory-mapped, not read): an unreadable
+    ``checkpoint-999.pt`` must never push good checkpoints out. Unreadable files are left alone with
+    a warning (resume skips them too); ``protect`` (the file just written) is never deleted; 0 keeps
+    all; epoch files stay.
+    """
     if keep_last_k <= 0:
         return
-    for _, path in list_step_checkpoints(exp_dir)[:-keep_last_k]:
-        path.unlink(missing_ok=True)
+    keep = Path(protect).resolve() if protect is not None else None
+    loadable = []
+    for _, path in list_step_checkpoints(exp_dir):
+        if checkpoint_is_loadable(path):
+            loadable.append(path)
+        else:
+            log.warning("not counting unreadable %s among the kept checkpoints (left in place)", path)
+    for path in loadable[:-keep_last_k]:
+        if path.resolve() != keep:
+            path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------- #
 # Small helpers
 # --------------------------------------------------------------------------------------------- #
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    """torch's multi-line load errors ("Error(s) in loading state_dict ...:\n\tMissing key(s) ...") as one line."""
+    text = "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+    if isinstance(error, KeyError):
+        text = f"missing key {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _resolve_modules(model: nn.Module, names: Sequence[str]) -> List[nn.Module]:
     modules = []
     for name in names:
@@ -403,12 +452,15 @@ class _Trainer:
             )
         if int(ts["seed"]) != self.cfg.seed:
             raise TrainingError(f"{path}: saved with seed={ts['seed']}, config has seed={self.cfg.seed}")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ts["optimizer"])
-        self.schedule.load_state_dict(ts["scheduler"])
-        self.scaler.load_state_dict(ts["scaler"])
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ts["optimizer"])
+            self.schedule.load_state_dict(ts["scheduler"])
+            self.scaler.load_state_dict(ts["scaler"])
+            set_rng_state(ts["rng"][self.info.rank])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
+            raise TrainingError(f"{path}: cannot resume from this checkpoint: {_one_line(e)}") from None
         self.progress = _Progress(int(ts["step"]), int(ts["epoch"]), int(ts["batches_done"]), int(ts["bad_steps"]))
-        set_rng_state(ts["rng"][self.info.rank])
         if self.info.is_main:
             self.source_base = Counter({k: int(v) for k, v in ckpt["meta"].get("source_counts", {}).items()})
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.progress.step,
@@ -637,7 +689,7 @@ class _Trainer:
         if cfg.checkpoint_every_n_steps and step % cfg.checkpoint_every_n_steps == 0:
             self.save(self.exp_dir / f"checkpoint-{step}.pt")
             if self.info.is_main:
-                prune_checkpoints(self.exp_dir, cfg.keep_last_k)
+                prune_checkpoints(self.exp_dir, cfg.keep_last_k, protect=self.exp_dir / f"checkpoint-{step}.pt")
 
     def _end_epoch(self) -> None:
         finished_epoch = self.progress.epoch
@@ -680,6 +732,7 @@ def fit(
     if tokenizer is None:
         raise TrainingError("fit: a tokenizer is required")
     _check_inputs(cfg, model, inputs)
+    _check_config(cfg)
     device_kind = _resolve_device_kind(cfg.device)
     info = setup_distributed(device_kind)
     device = torch.device(device_kind, info.local_rank) if device_kind == "cuda" else torch.device("cpu")
@@ -702,6 +755,19 @@ def fit(
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    """Refuse what would only fail (or silently train NaN) later: invalid or non-finite values in a
+    config built in Python, and a loss backend this environment lacks (before any data is loaded)."""
+    from synthasr.loss.backends import LossBackendError, require_backend
+    from synthasr.train.config import validate_tree
+
+    validate_tree(cfg)
+    try:
+        require_backend(cfg.loss.backend)
+    except LossBackendError as e:
+        raise TrainingError(f"loss.backend: {e}") from None
 
 
 def _check_inputs(cfg: TrainConfig, model: Optional[nn.Module], inputs: str) -> None:
