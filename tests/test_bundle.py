@@ -116,6 +116,70 @@ def test_bad_files(assets, bundle, tmp_path):
     assert texts[1] == bundle.transcribe(assets["wav"])
 
 
+def test_integer_pcm_arrays_are_scaled_by_their_range(assets, bundle):
+    speech = np.clip(assets["speech"], -1.0, 32767 / 32768)
+    pcm16 = np.round(speech * 32768).astype(np.int16)
+    as_float = pcm16.astype(np.float32) / 32768
+    np.testing.assert_array_equal(load_audio(pcm16, 16000, 16000), as_float)
+    np.testing.assert_allclose(load_audio(pcm16.astype(np.int32) << 16, 16000, 16000), as_float, atol=1e-7)
+    uint8 = ((pcm16 >> 8) + 128).astype(np.uint8)  # 8-bit WAV convention: unsigned, centred on 128
+    np.testing.assert_allclose(load_audio(uint8, 16000, 16000), (pcm16 >> 8).astype(np.float32) / 128, atol=1e-7)
+    expected = bundle.transcribe(as_float, sample_rate=16000)
+    assert bundle.transcribe(pcm16, sample_rate=16000) == expected
+    assert bundle.transcribe(torch.from_numpy(pcm16), sample_rate=16000) == expected
+    half = torch.from_numpy(as_float).to(torch.bfloat16)
+    assert load_audio(half, 16000, 16000).dtype == np.float32
+    with pytest.raises(AudioError, match=r"<array>: unsupported sample type bool"):
+        load_audio(np.ones(1600, dtype=bool), 16000, 16000)
+
+
+def test_sample_rate_must_be_a_whole_number_of_hz(assets, bundle):
+    speech = assets["speech"]
+    assert bundle.transcribe(speech, sample_rate=16000.0) == bundle.transcribe(speech, sample_rate=16000)
+    assert bundle.transcribe(speech, sample_rate=np.int64(16000)) == bundle.transcribe(speech, sample_rate=16000)
+    for bad in (16000.5, 0, -8000, float("nan"), float("inf"), True, "16000"):
+        with pytest.raises(AudioError, match=r"^sample_rate must be a positive whole number of Hz, got "):
+            bundle.transcribe(speech, sample_rate=bad)
+        with pytest.raises(AudioError, match=r"^sample_rate must be"):  # a list too: it is the call's argument
+            bundle.transcribe([speech, speech], sample_rate=bad)
+
+
+def test_truncated_files_are_errors_naming_the_file(assets, bundle, tmp_path):
+    full = tmp_path / "full.wav"
+    sf.write(full, assets["speech"], 16000, subtype="PCM_16")
+    cut_short = tmp_path / "short.wav"
+    cut_short.write_bytes(full.read_bytes()[: 44 + 20001])  # 10000.5 of 24000 samples
+    assert sf.info(str(cut_short)).frames == 10000  # libsndfile alone shortens it without a word
+    with pytest.raises(AudioError, match=r"short\.wav: truncated audio file: the WAV header declares 48000 bytes "
+                                         r"of samples but only 20001 are present"):
+        bundle.transcribe(cut_short)
+    flac = tmp_path / "full.flac"
+    sf.write(flac, assets["speech"], 16000, subtype="PCM_16")
+    cut_flac = tmp_path / "short.flac"
+    cut_flac.write_bytes(flac.read_bytes()[: flac.stat().st_size // 2])
+    with pytest.raises(AudioError, match=r"short\.flac: (truncated audio file|cannot read audio)"):
+        bundle.transcribe(cut_flac)
+    with pytest.warns(UserWarning, match="short.wav: truncated"):
+        assert bundle.transcribe([cut_short, full])[0] is None
+    # a WAV streamed to a pipe (placeholder data size) is complete by design, not truncated
+    streamed = bytearray(full.read_bytes())
+    streamed[40:44] = (0xFFFFFFFF).to_bytes(4, "little")
+    (tmp_path / "streamed.wav").write_bytes(bytes(streamed))
+    np.testing.assert_array_equal(load_audio(tmp_path / "streamed.wav", 16000), load_audio(full, 16000))
+
+
+def test_decode_resamples_exactly_like_lhotse_training_features(tmp_path):
+    """One resampler: decoding a 22.05/44.1/8 kHz file gives the samples lhotse's cut.resample gives."""
+    from lhotse import Recording
+
+    rng = np.random.default_rng(1)
+    for rate in (22050, 44100, 8000):
+        path = tmp_path / f"x{rate}.wav"
+        sf.write(path, (0.1 * rng.standard_normal(rate)).astype(np.float32), rate, subtype="PCM_16")
+        training = Recording.from_file(path).resample(16000).load_audio()[0]
+        np.testing.assert_array_equal(load_audio(path, 16000), training)
+
+
 def test_long_audio_is_chunked(assets, bundle):
     long = np.concatenate([assets["speech"]] * 3)  # 4.5 s
     chunks = bundle._chunk_features(0, long, chunk_seconds=2.0)

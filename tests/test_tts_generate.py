@@ -259,3 +259,92 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch):
     res = runner.invoke(cli, ["tts-gen", str(text), str(tmp_path / "o"), "--domain", "d", "--prefix", "p",
                               "--engines", "espeak", "--no-progress"])
     assert res.exit_code == 1 and "apt-get install espeak-ng" in res.output
+
+
+# --- hostile input (issue 12) ----------------------------------------------------------------------
+def test_lines_end_at_newline_only_and_keep_their_numbers(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_bytes("one tablet\rtwo\x0bthree\r\n\x85four\u2028five\n\nsix\n".encode("utf-8"))
+    items = read_texts(path, "x")
+    assert [(i.id, i.line) for i in items] == [("x-000001", 1), ("x-000002", 2), ("x-000004", 4)]
+    assert items[0].text == "one tablet\rtwo\x0bthree" and items[1].text == "four\u2028five"
+    jsonl = tmp_path / "in.jsonl"  # raw U+2028 is legal inside a JSON string
+    jsonl.write_bytes('{"id": "a", "text": "one\u2028pill"}\r\n{"id": "b", "text": "two"}'.encode("utf-8"))
+    assert [(i.id, i.text, i.line) for i in read_texts(jsonl, "x")] == [("a", "one\u2028pill", 1), ("b", "two", 2)]
+
+
+def test_empty_input_and_overlong_lines_are_refused_before_synthesis(tmp_path):
+    for name, content in (("empty.txt", ""), ("blank.txt", "\n \r\n\t\n")):
+        path = tmp_path / name
+        path.write_text(content, encoding="utf-8")
+        with pytest.raises(InputError, match=rf"{name}: no text to speak"):
+            generate(path, tmp_path / "out", VOICES, "d", "p", progress=False)
+    text = _write(tmp_path / "long.txt", ["one tablet", " ".join(["dose"] * 101), "two tablets"])
+    with pytest.raises(InputError, match=r"long\.txt:2: utterance too long: 101 words"):
+        generate(text, tmp_path / "out", VOICES, "d", "p", progress=False)
+    with pytest.raises(InputError, match=r"long\.txt:2: .*max_chars=300"):
+        generate(text, tmp_path / "out", VOICES, "d", "p", progress=False, max_words=1000, max_chars=300)
+    assert not (tmp_path / "out" / "audio").exists()  # refused before anything was spoken
+    fine = generate(text, tmp_path / "out", VOICES[:1], "d", "p", progress=False, max_words=101)
+    assert fine.utterances == 3
+
+
+def _children(pid: int):
+    """Pids of the live children of ``pid`` (Linux /proc)."""
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has exited; only its parent's wait() is missing
+
+
+def _python_children(pid: int):
+    out = []
+    for child in _children(pid):
+        try:
+            if Path(f"/proc/{child}/exe").resolve() == Path(sys.executable).resolve():
+                out.append(child)
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killing_the_parent_does_not_orphan_pool_workers(tmp_path, sig):
+    text = _write(tmp_path / "in.txt", [f"dose number {i}" for i in range(1, 41)])
+    slow = _fake_espeak(tmp_path, sleep=0.3)
+    runner = RUNNER.format().replace("progress=False)", "progress=False, num_jobs=2)")
+    proc = subprocess.Popen([sys.executable, "-c", runner, str(text), str(tmp_path / "out"), slow,
+                             ",".join(v.id for v in VOICES)])
+    workers = []
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(workers) < 2 and proc.poll() is None:
+            time.sleep(0.05)
+            workers = _python_children(proc.pid)
+        assert len(workers) == 2, workers
+        time.sleep(0.5)  # let them start working
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=30)
+        deadline = time.time() + 15
+        while time.time() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.05)
+        orphans = [p for p in workers if _alive(p)]
+        assert not orphans, f"pool workers outlived their parent: {orphans}"
+    finally:
+        for p in [proc.pid, *workers]:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass

@@ -16,11 +16,9 @@ Design choices that matter downstream:
 from __future__ import annotations
 
 import concurrent.futures as cf
-import functools
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import tempfile
@@ -31,14 +29,17 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import firwin, resample_poly  # imported here so forked workers inherit it (~1-2 s each)
 
+from synthasr.utils.audio import resample  # imported here (with lhotse) so forked workers inherit it
 from synthasr.utils.io import atomic_path, atomic_write
+from synthasr.utils.process import die_with_parent
 from tts_gen.engines.base import SynthesisError, TTSEngine, get_engine
 from tts_gen.voices import DEFAULT_ENGINE_WEIGHTS, Voice, check_voice, voices_by_engine
 
 LOG = logging.getLogger("tts_gen")
 TARGET_RATE = 16000
+MAX_WORDS = 100  # ~40 s of speech at a normal rate; a 10k-word line once became a 704 s utterance
+MAX_CHARS = 1000
 LANGUAGE = "English"
 PathLike = Union[str, os.PathLike]
 EngineOptions = Mapping[str, Mapping[str, Any]]
@@ -82,26 +83,33 @@ _BAD_ID = re.compile(r"[/\\\s]|^\.|^$")
 
 
 def read_texts(path: PathLike, id_prefix: str) -> List[TextItem]:
-    """Read plain text (one utterance a line) or JSONL ``{"id", "text"}``.
+    r"""Read plain text (one utterance a line) or JSONL ``{"id", "text"}``.
 
-    Plain-text ids are ``<id_prefix>-<line:06d>``. Empty lines are skipped with a warning naming the
-    line; duplicate ids raise :class:`InputError` naming both lines.
+    Lines end at ``\n`` only (a trailing ``\r`` is dropped): ``str.splitlines`` would also split on
+    ``\r``, ``\x0b``, ``\x85`` or ``\u2028`` inside a line, adding utterances and shifting every later
+    line number (text-mode reading would, too: it turns a lone ``\r`` into a newline). Plain-text ids
+    are ``<id_prefix>-<line:06d>``. Empty lines are skipped with a warning naming the line (none when
+    the whole input is blank: the caller reports that); duplicate ids raise :class:`InputError` naming
+    both lines.
     """
     path = Path(path)
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = path.read_bytes().decode("utf-8")
     except OSError as e:
         raise InputError(f"{path}: cannot read text file: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text (byte offset {e.start})") from None
-    lines = raw.splitlines()
+    lines = [line[:-1] if line.endswith("\r") else line for line in raw.split("\n")]
+    if lines and not lines[-1]:
+        lines.pop()  # the newline that ends the last line does not start another one
     first = next((ln.strip() for ln in lines if ln.strip()), "")
     is_jsonl = path.name.endswith((".jsonl", ".jsonl.txt")) or first.startswith("{")
     items: List[TextItem] = []
     seen: Dict[str, int] = {}
+    blank: List[int] = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
-            LOG.warning("%s:%d: empty line skipped", path, lineno)
+            blank.append(lineno)
             continue
         item = _parse_jsonl_line(path, lineno, line) if is_jsonl else TextItem(f"{id_prefix}-{lineno:06d}", line.strip(), lineno)
         if item is None:
@@ -110,6 +118,8 @@ def read_texts(path: PathLike, id_prefix: str) -> List[TextItem]:
             raise InputError(f"{path}:{lineno}: duplicate id {item.id!r} (first on line {seen[item.id]})")
         seen[item.id] = lineno
         items.append(item)
+    for lineno in blank if items else []:
+        LOG.warning("%s:%d: empty line skipped", path, lineno)
     return items
 
 
@@ -202,7 +212,9 @@ _WORKER_ENGINES: Dict[str, TTSEngine] = {}
 _WORKER_OPTS: Dict[str, Dict[str, Any]] = {}
 
 
-def _init_worker(engine_opts: Mapping[str, Mapping[str, Any]]) -> None:
+def _init_worker(engine_opts: Mapping[str, Mapping[str, Any]], parent_pid: Optional[int] = None) -> None:
+    if parent_pid is not None:  # a pool worker: do not outlive a killed parent
+        die_with_parent(parent_pid)
     _WORKER_ENGINES.clear()
     _WORKER_OPTS.clear()
     _WORKER_OPTS.update({k: dict(v) for k, v in engine_opts.items()})
@@ -215,20 +227,9 @@ def _worker_engine(name: str) -> TTSEngine:
     return _WORKER_ENGINES[name]
 
 
-@functools.lru_cache(maxsize=8)
-def _antialias_filter(up: int, down: int) -> np.ndarray:
-    """scipy's default resample_poly filter (Kaiser, beta 5), designed once per rate pair, not per call."""
-    max_rate = max(up, down)
-    return firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
-
-
 def to_target_rate(audio: np.ndarray, rate: int) -> np.ndarray:
-    """Mono float32 at 16 kHz (polyphase resampling), clipped to [-1, 1]."""
-    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-    if rate != TARGET_RATE:
-        g = math.gcd(TARGET_RATE, rate)
-        up, down = TARGET_RATE // g, rate // g
-        audio = resample_poly(audio, up, down, window=_antialias_filter(up, down)).astype(np.float32)
+    """Mono float32 at 16 kHz (the project's one resampler, as in training), clipped to [-1, 1]."""
+    audio = resample(np.asarray(audio, dtype=np.float32).reshape(-1), rate, TARGET_RATE)
     return np.clip(audio, -1.0, 1.0)
 
 
@@ -355,6 +356,15 @@ def _normalize_items(items: Sequence[TextItem], source: str) -> Tuple[List[Tuple
     return good, failed
 
 
+def _check_lengths(good: Sequence[Tuple[TextItem, str]], source: str, max_words: int, max_chars: int) -> None:
+    """Refuse an utterance longer than the caps (counted on the normalized text, what is spoken)."""
+    for item, text in good:
+        words = len(text.split())
+        if words > max_words or len(text) > max_chars:
+            raise InputError(f"{source}:{item.line}: utterance too long: {words} words, {len(text)} characters "
+                             f"(limits: max_words={max_words}, max_chars={max_chars})")
+
+
 def _run_tasks(tasks: List[Dict[str, Any]], num_jobs: int, engine_opts: EngineOptions,
                ledger: Path, progress: bool) -> Dict[str, Dict[str, Any]]:
     """Synthesize ``tasks`` (parallel if ``num_jobs > 1``), appending each success to the ledger."""
@@ -383,7 +393,7 @@ def _run_tasks(tasks: List[Dict[str, Any]], num_jobs: int, engine_opts: EngineOp
         chunk = max(1, min(16, len(tasks) // (num_jobs * 4) or 1))
         chunks = [tasks[i:i + chunk] for i in range(0, len(tasks), chunk)]
         with cf.ProcessPoolExecutor(max_workers=num_jobs, initializer=_init_worker,
-                                    initargs=({k: dict(v) for k, v in engine_opts.items()},)) as pool:
+                                    initargs=({k: dict(v) for k, v in engine_opts.items()}, os.getpid())) as pool:
             futures = [pool.submit(_synthesize_chunk, c) for c in chunks]
             try:
                 for fut in cf.as_completed(futures):
@@ -435,29 +445,37 @@ def generate(
     engine_opts: Optional[EngineOptions] = None,
     engine_weights: Optional[Mapping[str, float]] = None,
     progress: bool = True,
+    max_words: int = MAX_WORDS,
+    max_chars: int = MAX_CHARS,
 ) -> GenerationSummary:
     """Speak ``texts`` with ``voices`` into ``out_dir``; resumable, shardable, parallel.
 
     Writes ``audio/<prefix>/<id>.flac`` and ``<prefix>_{recordings,supervisions,cuts}[.k-of-N].jsonl.gz``.
     Raises :class:`FailureThresholdExceeded` (after writing the manifests of what succeeded) when the
-    share of failed utterances is above ``failure_threshold``.
+    share of failed utterances is above ``failure_threshold``, and :class:`InputError` before any
+    synthesis for an input with no text or a line longer than ``max_words`` / ``max_chars``.
     """
     start = time.perf_counter()
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", prefix):
         raise InputError(f"invalid prefix {prefix!r}: use letters, digits, '_', '-', '.'")
     if not voices:
         raise InputError("no voices given")
+    if max_words < 1 or max_chars < 1:
+        raise InputError(f"max_words and max_chars must be >= 1, got {max_words} and {max_chars}")
     engine_opts = engine_opts or {}
     shard_k = parse_shard(shard)
     out = Path(out_dir)
     _check_writable(out)
     items = read_texts(texts, prefix) if isinstance(texts, (str, os.PathLike)) else list(texts)
     source = str(texts) if isinstance(texts, (str, os.PathLike)) else "<texts>"
+    if not items:
+        raise InputError(f"{source}: no text to speak (the input is empty or has only blank lines)")
     block = shard_block(items, shard_k)
     _prepare_engines(voices, engine_opts)
     groups = voices_by_engine(voices)
 
     good, failed = _normalize_items(block, source)
+    _check_lengths(good, source, max_words, max_chars)
     audio_dir = out / "audio" / prefix
     tasks = []
     for item, text in good:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import random
-from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple
 
@@ -70,13 +69,11 @@ def babble(utterances: Sequence[np.ndarray], num_samples: int, rng: random.Rando
 def load_real_noise(path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Read a (possibly 8-bit, 22.05 kHz) wav as mono float at ``sample_rate``, DC removed, unit RMS."""
     import soundfile as sf
-    from scipy.signal import resample_poly
+
+    from synthasr.utils.audio import resample
 
     audio, sr = sf.read(str(path), dtype="float64", always_2d=True)
-    audio = audio.mean(axis=1)
-    if sr != sample_rate:
-        ratio = Fraction(sample_rate, sr).limit_denominator(1000)
-        audio = resample_poly(audio, ratio.numerator, ratio.denominator)
+    audio = resample(audio.mean(axis=1), sr, sample_rate).astype(np.float64)
     audio = audio - audio.mean()
     return audio / (np.sqrt(np.mean(audio**2)) + 1e-12)
 

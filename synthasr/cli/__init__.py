@@ -1,7 +1,8 @@
 """The ``synthasr`` command line: one click subcommand per library entry point.
 
 Subcommands are imported lazily so ``synthasr --help`` stays fast and a broken optional backend
-(piper, onnx) never breaks unrelated commands.
+(piper, onnx) never breaks unrelated commands. Environmental failures that reach the top (a full
+disk, a file where an output folder must be, a permission) end as ONE line, like every other error.
 """
 from __future__ import annotations
 
@@ -38,6 +39,17 @@ class _LazyGroup(click.Group):
             return None
         module, attr, _ = _COMMANDS[name]
         return getattr(importlib.import_module(module), attr)
+
+    def invoke(self, ctx: click.Context):
+        from synthasr.utils.io import describe_os_error
+
+        try:
+            return super().invoke(ctx)
+        except OSError as e:
+            message = describe_os_error(e)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_text) for name, (_, _, help_text) in sorted(_COMMANDS.items())]

@@ -13,8 +13,8 @@ import click
 
 from synthasr.config import ConfigError
 from tts_gen.engines.base import EngineError, UnknownEngineError, canonical_engine_name, get_engine
-from tts_gen.generate import (CombineError, FailureThresholdExceeded, InputError, OutputNotWritableError,
-                              ShardSpecError, combine_shards, generate, parse_shard)
+from tts_gen.generate import (MAX_CHARS, MAX_WORDS, CombineError, FailureThresholdExceeded, InputError,
+                              OutputNotWritableError, ShardSpecError, combine_shards, generate, parse_shard)
 from tts_gen.voices import (UnknownVoiceError, Voice, VoicePoolError, VoiceSpecError, build_pools, make_matcher,
                             parse_voices,
                             read_voice_file, sample_from_pools, sample_voices, split_voices, voices_by_engine,
@@ -111,12 +111,17 @@ def _choose_voices(engines_spec: str, num_voices: Optional[int], voices_file: Op
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--shard", default=None, help="K/N: process block K of N (1-based) for array jobs.")
 @click.option("--failure-threshold", type=click.FloatRange(0.0, 1.0), default=0.05, show_default=True)
+@click.option("--max-words", type=click.IntRange(min=1), default=MAX_WORDS, show_default=True,
+              help="Longest utterance in words (after normalization); a longer line is an error.")
+@click.option("--max-chars", type=click.IntRange(min=1), default=MAX_CHARS, show_default=True,
+              help="Longest utterance in characters (after normalization); a longer line is an error.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @engine_options
 def tts_gen(text_file: str, out_dir: str, domain: str, prefix: str, engines_spec: str, num_voices: Optional[int],
             voices_file: Optional[str], exclude_voices_file: Optional[str], engine_weights: Optional[str],
-            num_jobs: int, seed: int, shard: Optional[str], failure_threshold: float, no_progress: bool,
-            espeak_binary: Optional[str], piper_voices: Tuple[str, ...], coqui_model_path: Optional[str],
+            num_jobs: int, seed: int, shard: Optional[str], failure_threshold: float, max_words: int,
+            max_chars: int, no_progress: bool, espeak_binary: Optional[str], piper_voices: Tuple[str, ...],
+            coqui_model_path: Optional[str],
             coqui_config_path: Optional[str]) -> None:
     """Speak TEXT_FILE (plain lines or JSONL id/text) in many voices into OUT_DIR with lhotse manifests."""
     opts = _engine_opts(espeak_binary, piper_voices, coqui_model_path, coqui_config_path)
@@ -126,7 +131,8 @@ def tts_gen(text_file: str, out_dir: str, domain: str, prefix: str, engines_spec
         voices = _choose_voices(engines_spec, num_voices, voices_file, exclude_voices_file, seed, weights, opts)
         summary = generate(text_file, out_dir, voices, domain=domain, prefix=prefix, num_jobs=num_jobs, seed=seed,
                            shard=shard_spec, failure_threshold=failure_threshold, engine_opts=opts,
-                           engine_weights=weights, progress=not no_progress)
+                           engine_weights=weights, progress=not no_progress, max_words=max_words,
+                           max_chars=max_chars)
         write_voice_file(Path(out_dir) / f"{prefix}_voices.txt", voices)
     except FailureThresholdExceeded as e:
         click.echo(e.summary.line())

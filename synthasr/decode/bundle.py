@@ -3,13 +3,15 @@
 In the spirit of torchaudio's pipeline bundles: the checkpoint carries the weights, the model config,
 the feature config and the tokenizer, so ``ASRBundle.from_checkpoint(path).transcribe("a.wav")`` needs
 nothing else. Audio of any sample rate and channel count is accepted (downmixed to mono, resampled
-with ``scipy.signal.resample_poly``); long audio is cut into equal chunks of at most ``chunk_seconds``
-and the chunk texts are joined.
+by :func:`synthasr.utils.audio.resample`, the lhotse transform the training features went through);
+integer arrays are PCM, scaled by their dtype's range. Long audio is cut into equal chunks of at most
+``chunk_seconds`` and the chunk texts are joined.
 
-Error policy: for ONE input (a path, array or tensor) unreadable/corrupt/empty audio raises
-:class:`AudioError` (one line, naming the file). For a LIST of inputs each bad item is reported with a
-warning naming it and its result is ``None``; the other items are still decoded. Audio too short to
-yield a single encoder frame (< ~70 ms, including zero-length arrays) decodes to ``""``.
+Error policy: for ONE input (a path, array or tensor) unreadable/truncated/corrupt/empty audio raises
+:class:`AudioError` (one line, naming the file). For a LIST of inputs each bad item is reported with
+one warning naming it and its result is ``None``; the other items are still decoded. A ``sample_rate``
+that is not a positive whole number of Hz is an :class:`AudioError` for the whole call. Audio too
+short to yield a single encoder frame (< ~70 ms, including zero-length arrays) decodes to ``""``.
 """
 from __future__ import annotations
 
@@ -28,16 +30,14 @@ import torch
 
 from synthasr.checkpoint import CheckpointError, load_checkpoint, tokenizer_proto
 from synthasr.data.features import FeatureConfig, make_extractor
+from synthasr.utils.audio import (ARRAY_NAME, AudioError, check_sample_rate, read_audio, resample,  # noqa: F401
+                                  to_float32, to_mono)
 
 log = logging.getLogger(__name__)
 
 AudioInput = Union[str, os.PathLike, np.ndarray, torch.Tensor]
 METHODS = ("greedy_search", "modified_beam_search")
 _MIN_FRAMES = 7  # synthasr.model.encoder.MIN_INPUT_FRAMES
-
-
-class AudioError(ValueError):
-    """An audio input cannot be read or is empty; the message names it."""
 
 
 @dataclass
@@ -114,6 +114,8 @@ class ASRBundle:
             context_graph = self.context_graph(hotwords, hotword_score)
         if context_graph is not None:
             method = "modified_beam_search"
+        if sample_rate is not None:
+            sample_rate = check_sample_rate(sample_rate)
         single = not isinstance(audio, (list, tuple))
         items = [audio] if single else list(audio)
 
@@ -126,8 +128,7 @@ class ASRBundle:
                 if single:
                     raise
                 failed[i] = str(e)
-                warnings.warn(str(e), stacklevel=2)
-                log.warning("%s", e)
+                warnings.warn(str(e), stacklevel=2)  # the one report; logging it too printed it twice
                 continue
             chunks.extend(self._chunk_features(i, samples, chunk_seconds))
 
@@ -213,54 +214,27 @@ def check_state_dict(expected: Dict[str, torch.Tensor], found: Dict[str, Any], w
 def load_audio(item: AudioInput, target_rate: int, sample_rate: Optional[int] = None) -> np.ndarray:
     """Read a file (any format soundfile knows) or take an array/tensor; return mono float32 at
     ``target_rate``. Arrays may be (samples,), (channels, samples) or (samples, channels): the
-    smaller axis is taken as channels."""
+    smaller axis is taken as channels. Integer arrays are PCM (int16 / 32768, as for a 16-bit file)."""
     if isinstance(item, (str, os.PathLike)):
-        samples, rate = _read_file(Path(item))
+        samples, rate = read_audio(Path(item))
         name = str(item)
     else:
         if sample_rate is None:
             raise AudioError("sample_rate= is required when passing audio as an array or tensor")
-        array = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
-        samples, rate, name = _to_mono(array.astype(np.float32, copy=False), "<array>"), int(sample_rate), "<array>"
+        rate, name = check_sample_rate(sample_rate), ARRAY_NAME
+        samples = to_mono(to_float32(_as_array(item), name), name)
     if not np.all(np.isfinite(samples)):
         raise AudioError(f"{name}: audio contains NaN or infinite samples")
     return resample(samples, rate, target_rate)
 
 
-def _read_file(path: Path) -> Tuple[np.ndarray, int]:
-    import soundfile as sf
-
-    if not path.is_file():
-        raise AudioError(f"{path}: audio file not found")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: audio file is empty (0 bytes)")
-    try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile raises LibsndfileError/RuntimeError/TypeError by format
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AudioError(f"{path}: cannot read audio: {first}") from None
-    return data.mean(axis=1).astype(np.float32), int(rate)
-
-
-def _to_mono(array: np.ndarray, name: str) -> np.ndarray:
-    if array.ndim == 1:
-        return array
-    if array.ndim != 2:
-        raise AudioError(f"{name}: expected 1-D or 2-D audio, got shape {list(array.shape)}")
-    channel_axis = 0 if array.shape[0] <= array.shape[1] else 1
-    return array.mean(axis=channel_axis).astype(np.float32)
-
-
-def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
-    """Polyphase resampling (scipy), exact for any integer rate pair."""
-    if rate <= 0:
-        raise AudioError(f"invalid sample rate {rate}")
-    if rate == target_rate or len(samples) == 0:
-        return samples.astype(np.float32, copy=False)
-    from scipy.signal import resample_poly
-
-    g = math.gcd(rate, target_rate)
-    return resample_poly(samples, target_rate // g, rate // g).astype(np.float32)
+def _as_array(item: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
+    if isinstance(item, torch.Tensor):
+        tensor = item.detach().cpu()
+        if tensor.is_floating_point() and tensor.dtype not in (torch.float32, torch.float64):
+            tensor = tensor.float()  # bfloat16 has no numpy twin
+        return tensor.numpy()
+    return np.asarray(item)
 
 
 # -- module-level convenience with a small cache ------------------------------------------------

@@ -182,7 +182,8 @@ class ScheduleResult:
 def load_schedule(path: PathLike) -> ScheduleConfig:
     """Strictly load a schedule YAML (unknown keys / wrong types -> one-line ConfigError)."""
     data = load_yaml(path)
-    for i, stage in enumerate(data.get("stages") or []):
+    stages = data.get("stages")
+    for i, stage in enumerate(stages if isinstance(stages, list) else []):  # from_dict names a non-list
         reg = stage.get("regularization") if isinstance(stage, dict) else None
         if isinstance(reg, dict) and "lambda" in reg:
             if "lambda_" in reg:

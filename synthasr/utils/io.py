@@ -2,17 +2,90 @@
 
 Every artifact SynthASR writes (manifests, checkpoints, reports, result files) goes through
 :func:`atomic_write` or :func:`atomic_path` so that an interrupted run leaves either the previous good
-file or nothing, never a truncated one.
+file or nothing, never a truncated one. Output folders are made with :func:`ensure_dir`. Both turn
+the two common environmental failures into one-line :class:`OutputError`\ s: a full disk (which
+libsndfile and torch report as "System error." / "unexpected pos") and a regular file where a
+folder must be.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator, Union
+from typing import IO, Iterator, Optional, Union
 
 PathLike = Union[str, os.PathLike]
+
+
+class OutputError(OSError):
+    """An output cannot be written (disk full, a file where a folder must be, ...); one line.
+
+    An ``OSError`` (with ``errno``/``filename``), so existing ``except OSError`` handlers still apply.
+    """
+
+    def __str__(self) -> str:
+        if self.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"no space left on device: {self.filename}"
+        if self.errno == errno.ENOTDIR and self.filename2:
+            return f"cannot write {self.filename}: {self.filename2} is a file, not a directory"
+        return f"cannot write {self.filename}: {self.strerror}"
+
+
+def ensure_dir(path: PathLike) -> Path:
+    """``mkdir -p path``; a regular file on the way is a one-line :class:`OutputError` naming it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise _not_a_directory(path) from None
+    except OSError as e:
+        raise OutputError(e.errno, e.strerror, str(path)) from None
+    return path
+
+
+def _not_a_directory(path: Path) -> OutputError:
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+    return OutputError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path), None, str(blocker))
+
+
+def as_output_error(exc: BaseException, path: PathLike) -> Optional[OutputError]:
+    """The :class:`OutputError` behind ``exc`` raised while writing ``path``, or None if it is not one.
+
+    libsndfile ("System error.") and torch ("unexpected pos") drop the errno of a full disk, so any
+    failure while the target's file system has no free block counts as ENOSPC.
+    """
+    if isinstance(exc, OutputError):
+        return exc
+    path = Path(path)
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code in (errno.ENOSPC, errno.EDQUOT) or (isinstance(exc, Exception) and _file_system_full(path.parent)):
+        return OutputError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    if code == errno.ENOTDIR:
+        return _not_a_directory(path.parent)
+    return None
+
+
+def describe_os_error(exc: OSError) -> Optional[str]:
+    """One line for an environmental ``OSError`` that names a path (or is a full disk), else None."""
+    if isinstance(exc, OutputError):
+        return str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on device: {exc.filename or '(unknown file)'}"
+    if exc.filename is None:
+        return None
+    path = Path(os.fsdecode(exc.filename))
+    if exc.errno == errno.ENOTDIR or (exc.errno == errno.EEXIST and path.exists() and not path.is_dir()):
+        return str(_not_a_directory(path))
+    return f"{path}: {exc.strerror or exc}"
+
+
+def _file_system_full(folder: Path) -> bool:
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except (OSError, AttributeError):  # no such folder, or no statvfs (Windows)
+        return False
 
 
 @contextlib.contextmanager
@@ -26,10 +99,16 @@ def atomic_path(path: PathLike, fsync: bool = True) -> Iterator[Path]:
     The result gets the usual umask-based mode (0644), not mkstemp's owner-only 0600.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        ensure_dir(path.parent)
+    except OutputError as e:  # name the file being written, and what is in its way
+        raise OutputError(e.errno, e.strerror, str(path), None, e.filename2) from None
     suffix = "".join(path.suffixes)
     stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.tmp", suffix=suffix, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.tmp", suffix=suffix, dir=path.parent)
+    except OSError as e:
+        raise (as_output_error(e, path) or e) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -41,6 +120,11 @@ def atomic_path(path: PathLike, fsync: bool = True) -> Iterator[Path]:
         os.replace(tmp_path, path)
         if fsync:
             _fsync_dir(path.parent)
+    except Exception as e:
+        error = as_output_error(e, path)
+        if error is None:
+            raise
+        raise error from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

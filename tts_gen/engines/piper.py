@@ -146,11 +146,14 @@ class PiperEngine(TTSEngine):
 
 
 def pitch_shift_by_resampling(audio: np.ndarray, factor: float) -> np.ndarray:
-    """Shorten by ``factor`` (played at the same rate: pitch x factor); see module docstring."""
-    from scipy.signal import resample_poly
+    """Shorten by ``factor`` (played at the same rate: pitch x factor); see module docstring.
+
+    The project's one resampler does it: only the ratio of the two rates given to it matters.
+    """
+    from synthasr.utils.audio import resample
 
     ratio = Fraction(1.0 / factor).limit_denominator(200)
-    return resample_poly(audio, ratio.numerator, ratio.denominator).astype(np.float32)
+    return resample(np.asarray(audio, dtype=np.float32), ratio.denominator, ratio.numerator)
 
 
 def _run(loaded: _LoadedModel, ids: List[int], scales: np.ndarray, seed: Tuple[int, int]) -> np.ndarray:
