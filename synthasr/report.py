@@ -5,9 +5,16 @@ Inputs are the per-stage ``eval.json`` files the schedule runner writes (``exp_d
     {"stage": "adapt", "index": 1, "checkpoint": ".../final.pt",
      "results": {"general_test": {"wer": 12.3, "cer": 5.1, "domain": "general", "num_utts": 500, ...}}}
 
+and optionally, per set (``synthasr.decode.evaluation.eval_summary`` writes them): ``terms`` (name
+recall/precision, :class:`synthasr.score.TermStats`), ``recogs`` (the per-utterance hypotheses, relative
+to the stage directory) and ``cuts`` (the eval set's manifest, for the audio in report.html).
+
 Outputs (all written atomically into ``exp_dir``): ``report.json``, ``report.md`` (stage x eval-set
-table, absolute WER and relative change vs the baseline), ``report.png`` (WER per stage per domain)
-and tensorboard scalars (``tensorboard-report/``).
+table, absolute WER and relative change vs the baseline; name recall/precision and the worst names
+when the stages were scored with a term list), ``report.png`` (WER per stage per domain),
+``report.html`` (the same tables and plot in one self-contained page, plus per test set a few
+utterances per voice with reference, hypotheses and an audio player) and tensorboard scalars
+(``tensorboard-report/``).
 
 Definitions (WER in percent):
 * relative change of set ``s`` at stage ``k``: ``100 * (WER_k(s) - WER_base(s)) / WER_base(s)``;
@@ -17,16 +24,22 @@ Definitions (WER in percent):
 """
 from __future__ import annotations
 
+import base64
+import html
+import itertools
 import json
+import logging
 import math
 import os
 import shutil
 import tempfile
+import urllib.parse
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from synthasr.utils.io import atomic_path, atomic_write
+from synthasr.utils.io import atomic_write
 
+log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 GENERAL_DOMAIN = "general"
 
@@ -57,9 +70,12 @@ def collect_stage_evals(exp_dir: PathLike) -> List[Dict[str, Any]]:
 
 
 def build_report(
-    stage_evals: Sequence[Mapping[str, Any]], baseline: Optional[str] = None, general_domain: str = GENERAL_DOMAIN
+    stage_evals: Sequence[Mapping[str, Any]], baseline: Optional[str] = None, general_domain: str = GENERAL_DOMAIN,
+    final_stage: Optional[str] = None,
 ) -> Dict[str, Any]:
-    """Tables of WER/CER, relative change vs ``baseline`` (default: first stage) and backward transfer."""
+    """Tables of WER/CER, relative change vs ``baseline`` (default: first stage) and backward transfer;
+    term (name) metrics per stage and set where the evals have them. ``final_stage`` (default: the last
+    stage) is the model whose worst names the report lists."""
     if not stage_evals:
         raise ReportError("no stage results to report")
     stages = [e["stage"] for e in stage_evals]
@@ -68,6 +84,9 @@ def build_report(
     baseline = baseline or stages[0]
     if baseline not in stages:
         raise ReportError(f"baseline stage {baseline!r} has no results (stages: {', '.join(stages)})")
+    final_stage = final_stage or stages[-1]
+    if final_stage not in stages:
+        raise ReportError(f"final stage {final_stage!r} has no results (stages: {', '.join(stages)})")
     domains: Dict[str, str] = {}
     wer: Dict[str, Dict[str, Optional[float]]] = {}
     cer: Dict[str, Dict[str, Optional[float]]] = {}
@@ -100,6 +119,8 @@ def build_report(
         "backward_transfer": bwt,
         "backward_transfer_relative": bwt_rel,
         "checkpoints": {e["stage"]: e.get("checkpoint") for e in stage_evals},
+        "final_stage": final_stage,
+        "terms": {e["stage"]: {s: e["results"].get(s, {}).get("terms") for s in sets} for e in stage_evals},
     }
 
 
@@ -162,11 +183,107 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"| {st} | {_fmt(report['backward_transfer'][st], signed=True)} | "
             f"{_fmt(report['backward_transfer_relative'][st], signed=True, digits=1)} |"
         )
+    lines += _term_markdown(report)
     return "\n".join(lines) + "\n"
+
+
+# Term (name) metrics: ``report["terms"][stage][set]`` is the ``terms`` dict of synthasr.score.TermStats.
+TERMS_EXPLAINED = ("Recall: reference name mentions the hypothesis has at the aligned position; precision: "
+                   "hypothesis name mentions that are such hits (names said where nobody said them, e.g. "
+                   "hotword false alarms, lower it).")
+
+
+def term_sets(report: Mapping[str, Any]) -> List[str]:
+    """Eval sets scored with a term list (by any stage) that have at least one name mention."""
+    terms = report.get("terms") or {}
+    return [s for s in report["eval_sets"]
+            if any((terms.get(st) or {}).get(s) and (terms[st][s]["ref"] or terms[st][s]["hyp"]) for st in terms)]
+
+
+def term_value(report: Mapping[str, Any], stage: str, eval_set: str, key: str,
+               group: Optional[str] = None) -> Optional[float]:
+    """``recall``/``precision`` (or a count) of ``eval_set`` at ``stage``, overall or for one group."""
+    t = ((report.get("terms") or {}).get(stage) or {}).get(eval_set)
+    if t is not None and group is not None:
+        t = t.get("groups", {}).get(group)
+    return None if t is None else _num(t.get(key))
+
+
+def term_groups(report: Mapping[str, Any], eval_set: str) -> List[str]:
+    """Groups (e.g. seen/unseen) with reference mentions in ``eval_set`` at some stage."""
+    found = set()
+    for per_set in (report.get("terms") or {}).values():
+        for g, counts in ((per_set or {}).get(eval_set) or {}).get("groups", {}).items():
+            if counts.get("ref"):
+                found.add(g)
+    return sorted(found)
+
+
+def worst_terms(report: Mapping[str, Any], eval_set: str, stage: Optional[str] = None, top: int = 10) -> List[Dict[str, Any]]:
+    t = ((report.get("terms") or {}).get(stage or report["final_stage"]) or {}).get(eval_set) or {}
+    return list(t.get("worst") or [])[:top]
+
+
+def format_counts(pairs: Sequence[Sequence[Any]], empty: str, limit: int = 3) -> str:
+    """``[[text, n], ...]`` -> ``"a ×2, b"``; ``empty`` stands for an empty text (deleted/inserted)."""
+    parts = [f"{text or empty}" + (f" ×{n}" if n > 1 else "") for text, n in list(pairs)[:limit]]
+    more = len(pairs) - limit
+    return ", ".join(parts) + (f", … (+{more})" if more > 0 else "")
+
+
+def worst_terms_markdown(rows: Sequence[Mapping[str, Any]]) -> List[str]:
+    """Markdown table of :func:`worst_terms` rows."""
+    lines = ["| name | group | mentions | recognised | missed | false alarms | recognised as | false alarm where the reference had |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['term']} | {r.get('group') or '–'} | {r['ref']} | {r['hits']} | {r['misses']} | "
+                     f"{r['false_alarms']} | {format_counts(r.get('recognised_as') or [], '(deleted)') or '–'} | "
+                     f"{format_counts(r.get('false_alarm_for') or [], '(nothing)') or '–'} |")
+    return lines
+
+
+def _term_markdown(report: Mapping[str, Any]) -> List[str]:
+    sets = term_sets(report)
+    if not sets:
+        return []
+    lines = ["", "## Name recall / precision (%)", "", TERMS_EXPLAINED, "",
+             "| stage | " + " | ".join(f"{s} recall | {s} precision" for s in sets) + " |",
+             "|---|" + "---|---|" * len(sets)]
+    for st in report["stages"]:
+        cells = [f"{_fmt(term_value(report, st, s, 'recall'))} | {_fmt(term_value(report, st, s, 'precision'))}"
+                 for s in sets]
+        lines.append(f"| {st} | " + " | ".join(cells) + " |")
+    columns = [(s, g) for s in sets for g in term_groups(report, s)]
+    if columns:
+        lines += ["", "## Name recall by group (%)", "",
+                  "| stage | " + " | ".join(f"{s}: {g}" for s, g in columns) + " |", "|---|" + "---|" * len(columns)]
+        for st in report["stages"]:
+            lines.append(f"| {st} | " + " | ".join(_fmt(term_value(report, st, s, "recall", g)) for s, g in columns) + " |")
+    final = report["final_stage"]
+    lines += ["", f"## Worst names at `{final}` (up to 10 per set)"]
+    for s in sets:
+        lines += ["", f"### {s}", ""]
+        if term_value(report, final, s, "ref") is None:
+            lines.append("Not scored with the term list at this stage.")
+        else:
+            rows = worst_terms(report, s)
+            lines += worst_terms_markdown(rows) if rows else ["No name errors."]
+    return lines
 
 
 def plot_report(report: Mapping[str, Any], path: PathLike) -> Path:
     """PNG: mean WER per domain (thick) and per eval set (thin, dashed) across stages."""
+    path = Path(path)
+    png = plot_png(report)
+    with atomic_write(path, "wb") as f:
+        f.write(png)
+    return path
+
+
+def plot_png(report: Mapping[str, Any]) -> bytes:
+    """The bytes of :func:`plot_report`'s PNG."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,11 +309,10 @@ def plot_report(report: Mapping[str, Any], path: PathLike) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=120, format="png")
     plt.close(fig)
-    return path
+    return buf.getvalue()
 
 
 def write_tensorboard(report: Mapping[str, Any], out_dir: PathLike) -> Path:
@@ -241,22 +357,280 @@ def write_report(
     plot: bool = True,
     tensorboard: bool = True,
     general_domain: str = GENERAL_DOMAIN,
+    final_stage: Optional[str] = None,
+    html_page: bool = True,
+    audio: str = "embed",
+    utts_per_voice: int = 2,
+    max_voices: int = 12,
 ) -> Dict[str, Any]:
-    """Build and write ``report.json``/``report.md`` (+ PNG, tensorboard) into ``exp_dir``; return the report."""
+    """Build and write ``report.json``/``report.md`` (+ PNG, HTML, tensorboard) into ``exp_dir``; return
+    the report. The HTML page embeds the plot even with ``plot=False``."""
     exp_dir = Path(exp_dir)
     if stage_evals is None:
         stage_evals = collect_stage_evals(exp_dir)
-    report = build_report(stage_evals, baseline=baseline, general_domain=general_domain)
+    report = build_report(stage_evals, baseline=baseline, general_domain=general_domain, final_stage=final_stage)
     with atomic_write(exp_dir / "report.json") as f:
         json.dump(report, f, indent=2)
         f.write("\n")
     with atomic_write(exp_dir / "report.md") as f:
         f.write(render_markdown(report))
+    png = plot_png(report) if plot or html_page else None
     if plot:
-        plot_report(report, exp_dir / "report.png")
+        with atomic_write(exp_dir / "report.png", "wb") as f:
+            f.write(png)
+    if html_page:
+        page = render_html(report, stage_evals, exp_dir, png=png, audio=audio, utts_per_voice=utts_per_voice,
+                           max_voices=max_voices)
+        with atomic_write(exp_dir / "report.html") as f:
+            f.write(page)
     if tensorboard:
         write_tensorboard(report, exp_dir / "tensorboard-report")
     return report
+
+
+# --------------------------------------------------------------------------------------------- #
+# HTML
+# --------------------------------------------------------------------------------------------- #
+AUDIO_MODES = ("embed", "link", "none")
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em auto;max-width:1200px;color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ccc}h3{margin-top:1.4em}
+table{border-collapse:collapse;margin:.6em 0}th,td{border:1px solid #ccc;padding:.25em .5em;vertical-align:top}
+th{background:#f2f2f2;text-align:left}td.num{text-align:right;white-space:nowrap}
+small,.note{color:#666}figure{margin:1em 0}figure img{max-width:100%}
+.utts td.text div{margin:.1em 0}.label{display:inline-block;min-width:8em;color:#666}
+ins{background:#d4f7d4;text-decoration:none}del{background:#fdd;color:#900}
+.sub{background:#ffe7a8}audio{width:260px}
+"""
+
+
+def _esc(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def render_html(report: Mapping[str, Any], stage_evals: Sequence[Mapping[str, Any]], exp_dir: PathLike,
+                png: Optional[bytes] = None, audio: str = "embed", utts_per_voice: int = 2,
+                max_voices: int = 12) -> str:
+    """``report.html``: one self-contained page (plot and audio as data URIs, or audio as links
+    relative to ``exp_dir``); no scripts, no external resources.
+
+    Per test set it shows up to ``utts_per_voice`` utterances of up to ``max_voices`` voices (taken
+    in turn from each engine), with the reference and the hypotheses of the baseline and final stages
+    read back from the ``recogs`` files the evaluation wrote.
+    """
+    if audio not in AUDIO_MODES:
+        raise ReportError(f"audio must be one of {', '.join(AUDIO_MODES)}, got {audio!r}")
+    exp_dir = Path(exp_dir)
+    evals = {e["stage"]: e for e in stage_evals}
+    shown = list(dict.fromkeys([report["baseline"], report["final_stage"]]))
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>SynthASR report: {_esc(exp_dir.resolve().name)}</title><style>{_CSS}</style></head><body>",
+           f"<h1>SynthASR report: {_esc(exp_dir.resolve().name)}</h1>",
+           f"<p>Baseline <code>{_esc(report['baseline'])}</code>, final <code>{_esc(report['final_stage'])}</code>. "
+           "WER in %, relative change vs the baseline in brackets (negative = better).</p>",
+           '<section id="stages"><h2>Per-stage results</h2>', _html_stage_table(report)]
+    if term_sets(report):
+        out.append(f'<p class="note">Name recall (R) and precision (P), %. {_esc(TERMS_EXPLAINED)}</p>')
+    if png is not None:
+        out.append('<figure><img alt="WER per stage and domain" src="data:image/png;base64,'
+                   f'{base64.b64encode(png).decode("ascii")}"><figcaption>WER per stage: domain means (thick), '
+                   "eval sets (dashed).</figcaption></figure>")
+    out.append("</section>")
+    for eval_set in report["eval_sets"]:
+        out.append(_html_set_section(report, eval_set, evals, shown, exp_dir, audio, utts_per_voice, max_voices))
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def _html_stage_table(report: Mapping[str, Any]) -> str:
+    sets = list(report["eval_sets"])
+    with_terms = set(term_sets(report))
+    head = "".join(f"<th>{_esc(s)}<br><small>{_esc(report['eval_sets'][s])}</small></th>" for s in sets)
+    rows = [f'<table class="stages"><tr><th>stage</th>{head}<th>backward transfer<br><small>abs. WER</small></th></tr>']
+    for st in report["stages"]:
+        cells = []
+        for s in sets:
+            cell = _fmt(report["wer"][st][s])
+            if st != report["baseline"]:
+                cell += f" <small>({_fmt(report['relative_wer'][st][s], signed=True, digits=1)} %)</small>"
+            if s in with_terms:
+                cell += (f"<br><small>R {_fmt(term_value(report, st, s, 'recall'), digits=1)} · "
+                         f"P {_fmt(term_value(report, st, s, 'precision'), digits=1)}</small>")
+            cells.append(f'<td class="num">{cell}</td>')
+        rows.append(f"<tr><td>{_esc(st)}</td>{''.join(cells)}"
+                    f"<td class=\"num\">{_fmt(report['backward_transfer'][st], signed=True)}</td></tr>")
+    return "\n".join(rows) + "</table>"
+
+
+def _html_set_section(report: Mapping[str, Any], eval_set: str, evals: Mapping[str, Mapping[str, Any]],
+                      shown: Sequence[str], exp_dir: Path, audio: str, per_voice: int, max_voices: int) -> str:
+    base, final = report["baseline"], report["final_stage"]
+    out = [f'<section class="test-set" id="set-{_esc(eval_set)}"><h2>{_esc(eval_set)} '
+           f"<small>({_esc(report['eval_sets'][eval_set])})</small></h2>",
+           f"<p>WER {_fmt(report['wer'][base][eval_set])} → {_fmt(report['wer'][final][eval_set])}"]
+    if eval_set in term_sets(report):
+        out[-1] += (f"; name recall {_fmt(term_value(report, base, eval_set, 'recall'), digits=1)} → "
+                    f"{_fmt(term_value(report, final, eval_set, 'recall'), digits=1)}, precision "
+                    f"{_fmt(term_value(report, base, eval_set, 'precision'), digits=1)} → "
+                    f"{_fmt(term_value(report, final, eval_set, 'precision'), digits=1)}")
+        for g in term_groups(report, eval_set):
+            out[-1] += (f"; recall ({_esc(g)}) {_fmt(term_value(report, base, eval_set, 'recall', g), digits=1)} → "
+                        f"{_fmt(term_value(report, final, eval_set, 'recall', g), digits=1)}")
+    out[-1] += f" (<code>{_esc(base)}</code> → <code>{_esc(final)}</code>).</p>"
+    if eval_set in term_sets(report):
+        out.append(f"<h3>Worst names at <code>{_esc(final)}</code></h3>")
+        rows = worst_terms(report, eval_set)
+        out.append(_html_terms_table(rows) if rows else '<p class="note">No name errors.</p>')
+    out.append("<h3>Utterances</h3>")
+    out.append(_html_utterances(eval_set, evals, shown, exp_dir, audio, per_voice, max_voices))
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def _html_terms_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    head = ("<tr><th>name</th><th>group</th><th>mentions</th><th>recognised</th><th>missed</th>"
+            "<th>false alarms</th><th>recognised as</th><th>false alarm where the reference had</th></tr>")
+    body = [f"<tr><td>{_esc(r['term'])}</td><td>{_esc(r.get('group') or '–')}</td><td class=\"num\">{r['ref']}</td>"
+            f"<td class=\"num\">{r['hits']}</td><td class=\"num\">{r['misses']}</td><td class=\"num\">{r['false_alarms']}</td>"
+            f"<td>{_esc(format_counts(r.get('recognised_as') or [], '(deleted)') or '–')}</td>"
+            f"<td>{_esc(format_counts(r.get('false_alarm_for') or [], '(nothing)') or '–')}</td></tr>" for r in rows]
+    return '<table class="terms">' + head + "".join(body) + "</table>"
+
+
+def _stage_recogs(exp_dir: Path, stage: str, entry: Mapping[str, Any]) -> Dict[str, Any]:
+    from synthasr.score import ScoreError, read_recogs
+
+    path = Path(entry["recogs"])
+    path = path if path.is_absolute() else exp_dir / stage / path
+    try:
+        return read_recogs(path)
+    except ScoreError as e:
+        log.warning("report.html: %s", e)
+        return {}
+
+
+def _html_utterances(eval_set: str, evals: Mapping[str, Mapping[str, Any]], shown: Sequence[str], exp_dir: Path,
+                     audio: str, per_voice: int, max_voices: int) -> str:
+    entries = {st: evals[st]["results"].get(eval_set) or {} for st in shown if st in evals}
+    recogs = {st: _stage_recogs(exp_dir, st, e) for st, e in entries.items() if e.get("recogs")}
+    recogs = {st: r for st, r in recogs.items() if r}
+    candidates = [e["cuts"] for e in reversed(list(entries.values())) if e.get("cuts")]  # the final stage's first
+    cuts_path = next((c for c in candidates if Path(c).is_file()), candidates[0] if candidates else None)
+    if not recogs or cuts_path is None:
+        return ('<p class="note">No per-utterance results recorded for this set (eval.json has no '
+                "<code>recogs</code>/<code>cuts</code> entry).</p>")
+    ids = set.intersection(*(set(r) for r in recogs.values()))
+    try:
+        picked = pick_utterances(cuts_path, ids, per_voice, max_voices)
+    except Exception as e:  # noqa: BLE001 - an unreadable manifest leaves a note, not a failed report
+        log.warning("report.html: %s: cannot read cuts: %s", cuts_path, e)
+        return f'<p class="note">Cannot read {_esc(cuts_path)}: {_esc(str(e).splitlines()[0] if str(e) else e)}</p>'
+    rows = ['<table class="utts"><tr><th>voice</th><th>utterance</th><th>audio</th><th>reference and hypotheses</th></tr>']
+    for (engine, voice), utts in picked:
+        for k, (utt_id, cut) in enumerate(utts):
+            ref = next(iter(recogs.values()))[utt_id][0]
+            lines = [f'<div class="ref"><span class="label">reference</span>{_esc(" ".join(ref))}</div>']
+            for st, r in recogs.items():
+                lines.append(f'<div class="hyp"><span class="label">{_esc(st)}</span>{_html_hyp(ref, r[utt_id][1])}</div>')
+            voice_cell = (f'<td rowspan="{len(utts)}">{_esc(voice)}<br><small>{_esc(engine)}</small></td>' if k == 0 else "")
+            rows.append(f'<tr data-utt="{_esc(utt_id)}">{voice_cell}<td><code>{_esc(utt_id)}</code></td>'
+                        f'<td>{_html_audio(cut, audio, exp_dir)}</td><td class="text">{"".join(lines)}</td></tr>')
+    return "\n".join(rows) + "</table>"
+
+
+def _html_hyp(ref: Sequence[str], hyp: Sequence[str]) -> str:
+    """The hypothesis with its errors marked: insertions, deletions (struck reference words), substitutions."""
+    from synthasr.score import align
+
+    words = []
+    for r, h in align(ref, hyp):
+        if r == h:
+            words.append(_esc(h))
+        elif r is None:
+            words.append(f'<ins title="inserted">{_esc(h)}</ins>')
+        elif h is None:
+            words.append(f'<del title="deleted">{_esc(r)}</del>')
+        else:
+            words.append(f'<span class="sub" title="reference: {_esc(r)}">{_esc(h)}</span>')
+    return " ".join(words) if words else '<span class="note">(empty)</span>'
+
+
+def _voice_of(cut: Any) -> Tuple[str, str]:
+    """(engine, voice) from the supervision's or cut's custom fields; real speech: (source, speaker)."""
+    sup = cut.supervisions[0] if cut.supervisions else None
+    custom = {**(getattr(cut, "custom", None) or {}), **((sup.custom or {}) if sup is not None else {})}
+    engine = custom.get("engine") or custom.get("source") or "unknown engine"
+    voice = custom.get("voice") or (sup.speaker if sup is not None and sup.speaker else None) or "unknown voice"
+    return str(engine), str(voice)
+
+
+def pick_utterances(cuts_path: PathLike, utt_ids: Set[str], per_voice: int = 2,
+                    max_voices: int = 12) -> List[Tuple[Tuple[str, str], List[Tuple[str, Any]]]]:
+    """``[((engine, voice), [(utt_id, cut), ...]), ...]``: the first ``per_voice`` utterances (by id) of
+    up to ``max_voices`` voices, taking voices from each engine in turn so every engine is shown.
+
+    Utterance ids follow the evaluation's rule: the cut id, or ``<cut id>-<k>`` for the k-th of several
+    supervisions (that cut is then trimmed to the supervision)."""
+    from lhotse import load_manifest_lazy
+
+    by_voice: Dict[Tuple[str, str], List[Tuple[str, Any]]] = {}
+    for cut in load_manifest_lazy(cuts_path):
+        for k, sup in enumerate(cut.supervisions):
+            utt_id = cut.id if len(cut.supervisions) <= 1 else f"{cut.id}-{k}"
+            if utt_id in utt_ids:
+                one = cut if len(cut.supervisions) <= 1 else _only_supervision(cut, sup)
+                by_voice.setdefault(_voice_of(one), []).append((utt_id, one))
+    engines: Dict[str, List[Tuple[str, str]]] = {}
+    for key in sorted(by_voice):
+        engines.setdefault(key[0], []).append(key)
+    order = [key for turn in itertools.zip_longest(*engines.values()) for key in turn if key is not None]
+    return [(key, sorted(by_voice[key], key=lambda u: u[0])[:per_voice]) for key in order[:max_voices]]
+
+
+def _only_supervision(cut: Any, sup: Any) -> Any:
+    """The part of ``cut`` that ``sup`` covers, with ``sup`` as its only supervision."""
+    from lhotse.utils import fastcopy
+
+    part = cut.truncate(offset=sup.start, duration=sup.duration, keep_excessive_supervisions=False)
+    return fastcopy(part, supervisions=[fastcopy(sup, start=0.0)])
+
+
+def _html_audio(cut: Any, mode: str, exp_dir: Path) -> str:
+    if mode == "none":
+        return '<span class="note">–</span>'
+    try:
+        src = _embedded_audio(cut) if mode == "embed" else _linked_audio(cut, exp_dir)
+    except Exception as e:  # noqa: BLE001 - one unreadable file leaves a note in the page
+        log.warning("report.html: audio of %s: %s", cut.id, e)
+        return f'<span class="note">audio unavailable: {_esc(str(e).splitlines()[0] if str(e) else type(e).__name__)}</span>'
+    return f'<audio controls preload="metadata" src="{_esc(src)}"></audio>'
+
+
+def _embedded_audio(cut: Any) -> str:
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    samples = np.asarray(cut.load_audio(), dtype=np.float32)
+    mono = samples.mean(axis=0) if samples.ndim == 2 else samples
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(mono, -1.0, 1.0), int(cut.sampling_rate), format="FLAC", subtype="PCM_16")
+    return "data:audio/flac;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _linked_audio(cut: Any, exp_dir: Path) -> str:
+    rec = getattr(cut, "recording", None)
+    if rec is None or len(rec.sources) != 1 or rec.sources[0].type != "file":
+        raise ReportError("not a single audio file (use audio='embed')")
+    path = Path(rec.sources[0].source).resolve()
+    if not path.is_file():
+        raise ReportError(f"{path} not found")
+    src = urllib.parse.quote(os.path.relpath(path, exp_dir.resolve()))
+    if cut.start > 0 or abs(cut.duration - rec.duration) > 1e-3:  # a part of the file: media fragment
+        src += f"#t={cut.start:.3f},{cut.start + cut.duration:.3f}"
+    return src
 
 
 # --------------------------------------------------------------------------------------------- #

@@ -135,3 +135,100 @@ def test_cli_regenerates_and_renders_ablations(tmp_path):
     assert "| (b) | 10.00 | 11.00 | 18.00 | 36.00 |" in out.output
     bad = runner.invoke(cli, ["report", "--exp-dir", str(tmp_path / "empty")])
     assert bad.exit_code != 0 and "no */eval.json" in bad.output
+
+
+# --------------------------------------------------------------------------------------------- #
+# Name (term) metrics in the report
+# --------------------------------------------------------------------------------------------- #
+def _terms(ref, hyp, hits, seen, unseen, worst=()):
+    """A stage eval's ``terms`` entry as synthasr.score.TermStats.to_dict writes it."""
+    def counts(r, h, k):
+        return {"ref": r, "hyp": h, "hits": k, "misses": r - k, "false_alarms": h - k,
+                "recall": 100.0 * k / r if r else None, "precision": 100.0 * k / h if h else None}
+    return {**counts(ref, hyp, hits), "groups": {"seen": counts(*seen), "unseen": counts(*unseen)},
+            "worst": list(worst)}
+
+
+def _with_terms():
+    evals = json.loads(json.dumps(EVALS))
+    worst_row = {"term": "metformin", "group": "seen", "ref": 10, "hyp": 9, "hits": 6, "misses": 4, "false_alarms": 3,
+                 "recall": 60.0, "precision": 66.7, "recognised_as": [["met for men", 3], ["", 1]],
+                 "false_alarm_for": [["", 2], ["metoprolol", 1]]}
+    evals[0]["results"]["medication_test"]["terms"] = _terms(40, 20, 10, (30, 15, 10), (10, 5, 0))
+    evals[1]["results"]["medication_test"]["terms"] = _terms(40, 40, 30, (30, 30, 25), (10, 10, 5))
+    evals[2]["results"]["medication_test"]["terms"] = _terms(40, 38, 32, (30, 28, 26), (10, 10, 6), [worst_row])
+    evals[2]["results"]["general_test"]["terms"] = _terms(0, 0, 0, (0, 0, 0), (0, 0, 0))  # no names: no columns
+    return evals
+
+
+def test_report_shows_name_recall_precision_groups_and_worst_names():
+    rep = build_report(_with_terms())
+    assert rep["final_stage"] == "consolidate"
+    assert rep["terms"]["adapt"]["medication_test"]["recall"] == 75.0
+    assert rep["terms"]["adapt"]["unseen_names"] is None
+    md = render_markdown(rep)
+    assert "| stage | medication_test recall | medication_test precision |" in md
+    assert "| baseline | 25.00 | 50.00 |" in md and "| consolidate | 80.00 | 84.21 |" in md
+    assert "| stage | medication_test: seen | medication_test: unseen |" in md
+    assert "| baseline | 33.33 | 0.00 |" in md and "| adapt | 83.33 | 50.00 |" in md
+    assert "## Worst names at `consolidate` (up to 10 per set)" in md
+    assert "| metformin | seen | 10 | 6 | 4 | 3 | met for men ×3, (deleted) | (nothing) ×2, metoprolol |" in md
+    at_adapt = render_markdown(build_report(_with_terms(), final_stage="adapt"))
+    assert "## Worst names at `adapt`" in at_adapt and "No name errors." in at_adapt
+    with pytest.raises(ReportError, match="final stage 'nope'"):
+        build_report(_with_terms(), final_stage="nope")
+    assert "Name recall" not in render_markdown(build_report(EVALS))  # no term list, no name tables
+
+
+def test_cli_writes_html_and_final_stage(tmp_path):
+    from synthasr.cli import cli
+
+    exp = tmp_path / "exp"
+    _write_evals(exp, _with_terms())
+    out = CliRunner().invoke(cli, ["report", "--exp-dir", str(exp), "--no-tensorboard", "--final-stage", "adapt",
+                                   "--html-audio", "none"])
+    assert out.exit_code == 0, out.output
+    assert "report.html" in out.output and json.loads((exp / "report.json").read_text())["final_stage"] == "adapt"
+    page = (exp / "report.html").read_text()
+    assert "Worst names at <code>adapt</code>" in page and "<table" in page
+    assert "No per-utterance results recorded" in page  # these evals predate recogs/cuts entries
+    out = CliRunner().invoke(cli, ["report", "--exp-dir", str(exp), "--no-tensorboard", "--final-stage", "x"])
+    assert out.exit_code != 0 and "final stage 'x' has no results" in out.output
+
+
+def _write_results_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "medication" / "local" / "write_results.py"
+    spec = importlib.util.spec_from_file_location("medication_write_results", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_page_shows_names_next_to_wer(tmp_path):
+    from synthasr.score import TermList, compute_wer, write_results
+
+    exp, data = tmp_path / "exp", tmp_path / "data"
+    data.mkdir()
+    _write_evals(exp, _with_terms())
+    write_report(exp, plot=False, tensorboard=False, html_page=False)
+    terms = TermList.from_terms([("metformin", "seen"), ("zoloft", "unseen")])
+    for stage, hyp in (("baseline", "take met for men"), ("adapt", "take metformin")):
+        for settings, extra in (("beam", ""), ("beam-hotwords", " zoloft")):
+            write_results(exp / stage / "decode_biasing", "medication_test", settings,
+                          compute_wer([("u", "take metformin", hyp + extra)], terms=terms))
+    cfg = {"results": {"final_stage": "adapt"}}
+    text = _write_results_module().render(cfg, "conf/test.yaml", exp, data)
+    assert ("| medication_test | medication | 60.00 | 20.00 | -66.7 % | 25.0 → 75.0 | 50.0 → 75.0 |") in text
+    assert "| general_test | general | 12.00 | 14.00 | +16.7 % | – | – |" in text  # not scored by these stages
+    assert "## Medication names (`baseline` → `adapt`)" in text
+    assert "| medication_test | unseen | 10 | 0.0 → 50.0 | 0.0 → 50.0 |" in text
+    assert "Worst names in medication_test at `adapt`" in text and "No name errors." in text
+    assert "| beam | `adapt` | 100.0 / 100.0 (0 false alarms) |" in text
+    assert "| beam-hotwords | `baseline` | 0.0 / 0.0 (1 false alarms) |" in text
+    cfg["results"]["final_stage"] = "consolidate"
+    worst = _write_results_module().render(cfg, "conf/test.yaml", exp, data)
+    assert "| general_test | general | 12.00 | 11.00 | -8.3 % | no names | – → 0 false alarms |" in worst
+    assert "| metformin | seen | 10 | 6 | 4 | 3 | met for men ×3, (deleted) | (nothing) ×2, metoprolol |" in worst

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Write the recipe's RESULTS.md from what the run measured (never edited by hand).
 
-Reads: ``<exp>/report.json`` (synthasr report), ``<exp>/<stage>/decode_biasing/wer-*.json`` (stage 9),
+Reads: ``<exp>/report.json`` (synthasr report; with name recall/precision when the schedule scored a
+term list), ``<exp>/<stage>/decode_biasing/wer-*.json`` (stage 9),
 ``<exp>/.done.*`` (wall time per recipe stage), the TTS manifests (voices per split, to show that
 test voices never occur in training), ``<data>/text/summary.json`` and the recipe config's
 ``results`` section (row labels of the ablation table, the final stage, the targets).
@@ -22,6 +23,7 @@ import click
 import yaml
 
 from synthasr.report import _fmt, _relative  # the report's own formatting and relative-change rule
+from synthasr.report import TERMS_EXPLAINED, term_groups, term_sets, term_value, worst_terms, worst_terms_markdown
 from synthasr.utils.io import atomic_write
 
 SYNTHETIC_GENERAL = "synthetic speech: TTS of fortunes + WordNet sentences (local/prepare_text.py)"
@@ -116,6 +118,69 @@ def biasing_rows(exp: Path, stages: List[str]) -> List[Tuple[str, str, str, Opti
     return rows
 
 
+def _from_to(report: Dict[str, Any], baseline: str, final: str, eval_set: str, key: str,
+             group: Optional[str] = None) -> str:
+    refs = [term_value(report, st, eval_set, "ref", group) for st in (baseline, final)]
+    if all(r is None for r in refs):
+        return "–"  # not scored with the term list
+    if not any(refs):  # a set without names (general domain): every name said is a false alarm
+        if key == "recall":
+            return "no names"
+        alarms = [term_value(report, st, eval_set, "false_alarms", group) for st in (baseline, final)]
+        return " → ".join("–" if a is None else str(int(a)) for a in alarms) + " false alarms"
+    return (f"{_fmt(term_value(report, baseline, eval_set, key, group), digits=1)} → "
+            f"{_fmt(term_value(report, final, eval_set, key, group), digits=1)}")
+
+
+def names_section(report: Dict[str, Any], baseline: str, final: str) -> List[str]:
+    """Name recall split by group (names seen in training text vs held out) and the worst names at ``final``."""
+    named = term_sets(report)
+    if not named:
+        return []
+    L = ["", f"## Medication names (`{baseline}` → `{final}`)", ""]
+    columns = [(s, g) for s in named for g in term_groups(report, s)]
+    if columns:
+        L += ["Recall (%) split by the names' role in `names_used.txt`: `seen` in training text, `unseen` held out.", "",
+              "| eval set | group | mentions | recall (baseline → final) | precision (baseline → final) |",
+              "|---|---|---|---|---|"]
+        for s, g in columns:
+            mentions = term_value(report, final, s, "ref", g)
+            L.append(f"| {s} | {g} | {'–' if mentions is None else int(mentions)} | "
+                     f"{_from_to(report, baseline, final, s, 'recall', g)} | "
+                     f"{_from_to(report, baseline, final, s, 'precision', g)} |")
+    for s in named:
+        L += ["", f"Worst names in {s} at `{final}` (up to 10; what they were recognised as):", ""]
+        if term_value(report, final, s, "ref") is None:
+            L.append(f"Not scored with the term list at `{final}`.")
+            continue
+        rows = worst_terms(report, s, stage=final)
+        L += worst_terms_markdown(rows) if rows else ["No name errors."]
+    return L
+
+
+def biasing_terms_table(exp: Path, stages: List[str], sets: List[str]) -> List[str]:
+    """Name recall / precision per decoding (stage 9), when its evaluations scored the term list."""
+    cells: Dict[Tuple[str, str], Dict[str, str]] = {}
+    for stage in stages:
+        for path in sorted((exp / stage / "decode_biasing").glob("wer-*.json")):
+            data = _read_json(path)
+            t = data.get("terms")
+            if t is not None:
+                cells.setdefault((data["settings"], stage), {})[data["test_set"]] = (
+                    f"{_fmt(t.get('recall'), digits=1)} / {_fmt(t.get('precision'), digits=1)} "
+                    f"({t.get('false_alarms', 0)} false alarms)")
+    if not cells:
+        return []
+    named = [s for s in sets if any(s in row for row in cells.values())]
+    order = sorted(cells, key=lambda k: (k[0].endswith("hotwords"), k[0], stages.index(k[1])))
+    L = ["", "Name recall / precision (%) of the same decodings, and the names said where the reference has none "
+         "(false alarms; on the general-domain set every name is one):",
+         "", "| decoding | model | " + " | ".join(named) + " |", "|---|---|" + "---|" * len(named)]
+    L += [f"| {settings} | `{stage}` | " + " | ".join(cells[(settings, stage)].get(s, "–") for s in named) + " |"
+          for settings, stage in order]
+    return L
+
+
 def render(cfg: Dict[str, Any], config_path: str, exp: Path, data: Path, out: Optional[Path] = None) -> str:
     report = _read_json(exp / "report.json")
     res = cfg.get("results") or {}
@@ -147,12 +212,21 @@ def render(cfg: Dict[str, Any], config_path: str, exp: Path, data: Path, out: Op
         "",
         f"## Baseline vs final (`{baseline}` → `{final}`), WER %",
         "",
-        "| eval set | domain | baseline | final | relative change |",
-        "|---|---|---|---|---|",
     ]
+    named = term_sets(report)
+    if named:
+        L += ["| eval set | domain | baseline | final | relative change | name recall (baseline → final) | "
+              "name precision (baseline → final) |", "|---|---|---|---|---|---|---|"]
+    else:
+        L += ["| eval set | domain | baseline | final | relative change |", "|---|---|---|---|---|"]
     for s in sets:
         b, f = report["wer"][baseline][s], report["wer"][final][s]
-        L.append(f"| {s} | {domain_of[s]} | {_fmt(b)} | {_fmt(f)} | {_fmt(_relative(f, b), signed=True, digits=1)} % |")
+        row = f"| {s} | {domain_of[s]} | {_fmt(b)} | {_fmt(f)} | {_fmt(_relative(f, b), signed=True, digits=1)} % |"
+        if named:
+            row += "".join(f" {_from_to(report, baseline, final, s, key)} |" for key in ("recall", "precision"))
+        L.append(row)
+    if named:
+        L += ["", f"Name recall / precision in %: {TERMS_EXPLAINED}"]
     targets = res.get("targets") or {}
     new_goal = float(targets.get("new_domain_relative_reduction", 65.0))
     gen_goal = float(targets.get("general_relative_change_max", 2.0))
@@ -168,6 +242,7 @@ def render(cfg: Dict[str, Any], config_path: str, exp: Path, data: Path, out: Op
         L.append(f"* {s}: relative WER change {_fmt(r, signed=True, digits=1)} % "
                  f"(target ≤ +{gen_goal:g} %): **{'met' if ok else 'not met'}**")
 
+    L += names_section(report, baseline, final)
     L += ["", "## Ablation (each row starts from the baseline unless it says otherwise), WER %", "",
           "| system | stage | " + " | ".join(sets) + " | backward transfer (abs.) |",
           "|---|---|" + "---|" * len(sets) + "---|"]
@@ -198,6 +273,7 @@ def render(cfg: Dict[str, Any], config_path: str, exp: Path, data: Path, out: Op
                     cells.append(_fmt(v) + rel)
                 L.append(f"| {settings} | `{stage}` | " + " | ".join(cells) + " |")
         L += ["", "On the general-domain set, the biased rows measure false insertions caused by the list."]
+        L += biasing_terms_table(exp, [baseline, final], sets)
 
     voices = voices_by_split(data / "tts")
     if voices:
