@@ -33,8 +33,9 @@ def files(tmp_path_factory) -> Dict[str, Path]:
 
     root = tmp_path_factory.mktemp("hostile")
     torch.set_num_threads(1)
-    tok = Tokenizer.load(train_bpe(["take one tablet twice daily", "call the doctor"] * 5, root / "lang",
-                                   vocab_size=30, hard_vocab_limit=False))
+    bpe = train_bpe(["take one tablet twice daily", "call the doctor"] * 5, root / "lang", vocab_size=30,
+                    hard_vocab_limit=False)
+    tok = Tokenizer.load(bpe)
     torch.manual_seed(0)
     model = build_model({"preset": "tiny", "vocab_size": tok.vocab_size})
     f = {"ckpt": save_checkpoint(root / "model.pt", model.state_dict(), to_dict(model.config),
@@ -63,6 +64,8 @@ def files(tmp_path_factory) -> Dict[str, Path]:
         f[name].write_bytes(data)
     f["cuts"] = root / "cuts.jsonl.gz"
     f["cuts"].write_bytes(b"")
+    f["train.yaml"] = root / "train.yaml"
+    f["train.yaml"].write_text(f"bpe_model: {bpe}\ntrain_cuts: {f['cuts']}\nmodel: {{preset: tiny}}\n")
     return f
 
 
@@ -95,6 +98,9 @@ ROWS = [
     ("tts-gen-overlong-line", _tts_gen("long.txt", lambda f: str(f["a_file"].parent / "o2")),
      "long.txt:2: utterance too long: 150 words"),
     ("tts-gen-output-under-a-file", _tts_gen("in.txt", lambda f: str(f["a_file"] / "out")), "a_file"),
+    ("train-exp-dir-under-a-file", lambda f: ["train", "--config", str(f["train.yaml"]), "--exp-dir",
+                                              str(f["a_file"] / "exp")],
+     "a_file is a file, not a directory"),
     ("export-output-under-a-file", lambda f: ["export", "--model", str(f["ckpt"]), "--out-dir",
                                               str(f["a_file"] / "onnx")],
      "a_file is a file, not a directory"),
