@@ -149,8 +149,8 @@ def _locate(path: Path) -> Tuple[str, List[Path]]:
         return "huggingface", [path, config]
     if zipfile.is_zipfile(path) or head[:2] == b"\x80\x02":  # torch.save zip, or a legacy pickle
         return "openai", [path]
-    if len(head) >= 4 and struct.unpack("<I", head[:4])[0] == _CT2_VERSION:
-        return "ctranslate2", [path]
+    if path.name == "model.bin" or (len(head) >= 4 and struct.unpack("<I", head[:4])[0] == _CT2_VERSION):
+        return "ctranslate2", [path]  # the reader names the version or the truncation it finds
     raise PretrainedFormatError(f"{path}: unknown weights format ({_FORMATS_HELP})")
 
 
