@@ -249,3 +249,104 @@ def test_augmented_cut_with_stored_features_is_featurized_from_audio(workdir, cu
     assert all(c.load_audio().shape[-1] > 0 for c in aug)
     untouched = list(augment_cuts(with_feats, AugmentConfig(), seed=0))  # no augmentation drawn
     assert all(c.has_features for c in untouched)
+
+
+# --------------------------------------------------------------------------------------------- #
+# Fresh draws per epoch and per oversampled copy; realised rates match the configured ones
+# --------------------------------------------------------------------------------------------- #
+RATES = AugmentConfig(speed=[0.9, 1.0, 1.1], volume_prob=0.2, reverb_prob=0.3, bandlimit_prob=0.1,
+                      mulaw_prob=0.15, noise_prob=0.5)
+FLAGS = {"vp": "volume_prob", "rvb": "reverb_prob", "bl": "bandlimit_prob", "mu8": "mulaw_prob", "ns": "noise_prob"}
+
+
+def _metadata_cuts(n: int, prefix: str = "u", source: str = "medication_synth") -> CutSet:
+    """Cuts whose audio is never read: augmentation only edits metadata (lazy transforms)."""
+    from lhotse import MonoCut
+    from lhotse.audio import AudioSource
+
+    out = []
+    for i in range(n):
+        rec = Recording(id=f"{prefix}{i}", sources=[AudioSource(type="file", channels=[0], source=f"/none/{i}.flac")],
+                        sampling_rate=SR, num_samples=2 * SR, duration=2.0)
+        sup = SupervisionSegment(id=f"{prefix}{i}", recording_id=rec.id, start=0.0, duration=2.0, text="a b",
+                                 custom={"domain": "medication", "mix_source": source})
+        out.append(MonoCut(id=f"{prefix}{i}", start=0.0, duration=2.0, channel=0, recording=rec, supervisions=[sup]))
+    return CutSet.from_cuts(out)
+
+
+def _signature(augmented_id: str, base_id: str):
+    """(speed factor, volume?, reverb?, band-limit?, mu-law?, noise?) read from the id suffixes."""
+    tokens = augmented_id[len(base_id):].split("_")[1:]
+    speed = next((t[2:] for t in tokens if t.startswith("sp")), "1.0")
+    return (speed,) + tuple(any(t == k or (k == "vp" and t.startswith("vp")) for t in tokens) for k in FLAGS)
+
+
+def _same_draw_probability(cfg: AugmentConfig) -> float:
+    """Chance that two independent draws give the same signature (speed factor and every on/off flag)."""
+    q = 1.0 / len(cfg.speed)
+    for name in FLAGS.values():
+        p = getattr(cfg, name)
+        q *= p * p + (1 - p) * (1 - p)
+    return q
+
+
+def _within_binomial(k: int, n: int, p: float, sigmas: float = 5.0) -> bool:
+    return abs(k - n * p) <= sigmas * (n * p * (1 - p)) ** 0.5
+
+
+def _epoch_ids(cuts: CutSet, epoch: int):
+    cuts.data.set_epoch(epoch)
+    return [c.id for c in cuts]
+
+
+def test_each_epoch_draws_fresh_yet_reproducible_augmentations(noise, rirs):
+    n = 400
+    base = _metadata_cuts(n)
+    stream = augment_cuts(base, RATES, seed=5, noise_cuts=noise, rirs=rirs)
+    e1, e2 = _epoch_ids(stream, 1), _epoch_ids(stream, 2)
+    assert _epoch_ids(stream, 1) == e1  # the same epoch again: identical (resume sees the same data)
+    fresh = augment_cuts(base, RATES, seed=5, noise_cuts=noise, rirs=rirs)
+    assert _epoch_ids(fresh, 2) == e2  # ... in a new object/process too
+    same = sum(_signature(a, c.id) == _signature(b, c.id) for a, b, c in zip(e1, e2, base))
+    # Independent draws per epoch: equal signatures only by chance (under one shared seed: all n).
+    assert _within_binomial(same, n, _same_draw_probability(RATES)), (same, n * _same_draw_probability(RATES))
+
+
+def test_realised_augmentation_rates_match_configured_probabilities(noise, rirs):
+    n_cuts, epochs = 500, 3
+    base = _metadata_cuts(n_cuts)
+    stream = augment_cuts(base, RATES, seed=9, noise_cuts=noise, rirs=rirs)
+    signatures = [_signature(i, c.id) for e in range(epochs) for i, c in zip(_epoch_ids(stream, e), base)]
+    n = len(signatures)
+    for factor in ("0.9", "1.0", "1.1"):
+        k = sum(s[0] == factor for s in signatures)
+        assert _within_binomial(k, n, 1 / 3), (factor, k, n)
+    for j, name in enumerate(FLAGS.values(), start=1):
+        p = getattr(RATES, name)
+        k = sum(s[j] for s in signatures)
+        assert _within_binomial(k, n, p), (name, k, n * p)
+
+
+def test_oversampled_copies_are_augmented_independently(noise, rirs):
+    from synthasr.augment import augment_sources
+    from synthasr.data.mixing import mix_sources
+
+    general, synth = _metadata_cuts(600, "g", "general"), _metadata_cuts(100, "s", "medication_synth")
+    mixed = mix_sources({"general": general, "medication_synth": synth}, {"general": 0.5, "medication_synth": 0.5},
+                        seed=3, num_cuts=1200, tag_key="mix_source")
+    stream = augment_sources(mixed, {"medication_synth": RATES}, seed=3, source_key="mix_source",
+                             noise_cuts=noise, rirs=rirs)
+    stream.data.set_epoch(1)
+    by_base = {}
+    for cut in stream:
+        source = cut.supervisions[0].custom["mix_source"]
+        base_id = cut.id.split("_")[0]
+        if source == "general":
+            assert cut.id == base_id  # no config for this source: untouched
+            continue
+        rep = next((t for t in cut.id.split("_") if t.startswith("rep")), "rep0")
+        by_base.setdefault(base_id, {})[rep] = _signature(cut.id.replace(f"_{rep}", ""), base_id)
+    pairs = [(v["rep0"], v["rep1"]) for v in by_base.values() if "rep0" in v and "rep1" in v]
+    assert len(pairs) >= 90  # 600 synthetic slots over 100 cuts: ~6 copies each
+    same = sum(a == b for a, b in pairs)
+    assert _within_binomial(same, len(pairs), _same_draw_probability(RATES)), same

@@ -56,8 +56,11 @@ def test_mux_method_realizes_weights_within_2_percent(sources):
 
 def test_small_source_is_oversampled_with_unique_ids(sources):
     mixed = list(mix_sources(sources, {"general": 0.5, "medication_synth": 0.5}, seed=0, num_cuts=1000))
-    med = [c for c in mixed if c.supervisions[0].custom["mix_source"] == "medication_synth"]
-    assert len(med) == 500  # 120 synthetic cuts seen ~4x
+    is_med = [c.supervisions[0].custom["mix_source"] == "medication_synth" for c in mixed]
+    med = [c for c, m in zip(mixed, is_med) if m]
+    # Guaranteed at block boundaries (64 cuts): within one cut of the target; 960 = 15 blocks.
+    assert abs(sum(is_med[:960]) - 480) <= 1  # 120 synthetic cuts seen ~4x
+    assert abs(len(med) - 500) <= 1  # ... and at the end of the epoch (a shortened last block)
     assert len({c.id for c in mixed}) == len(mixed)
     base_ids = Counter(c.id.split("_rep")[0] for c in med)
     assert set(base_ids) == {f"med-{i}" for i in range(120)}

@@ -41,6 +41,31 @@ def _loss(model, batch):
     return out["loss"] / out["num_frames"]
 
 
+def _split(batch):
+    """One-utterance batches of the test format (features cut to their own length)."""
+    for i in range(len(batch["y"])):
+        n = int(batch["x_lens"][i])
+        yield {"x": batch["x"][i : i + 1, :n], "x_lens": batch["x_lens"][i : i + 1], "y": batch["y"][i : i + 1]}
+
+
+def _regroup(batches, size):
+    """The same utterances as ``batches`` in batches of ``size`` (zero-padded like a loader)."""
+    utts = [u for b in batches for u in _split(b)]
+    out = []
+    for start in range(0, len(utts), size):
+        group = utts[start : start + size]
+        t = max(int(u["x_lens"][0]) for u in group)
+        x = torch.zeros(len(group), t, group[0]["x"].shape[-1])
+        for i, u in enumerate(group):
+            x[i, : u["x"].shape[1]] = u["x"][0]
+        out.append({"x": x, "x_lens": torch.cat([u["x_lens"] for u in group]), "y": [u["y"][0] for u in group]})
+    return out
+
+
+def _fisher(model, batches, num_batches, **kw):
+    return estimate_fisher(model, batches, _loss, num_batches=num_batches, split=_split, progress=False, **kw)
+
+
 @pytest.fixture()
 def model():
     torch.manual_seed(0)
@@ -105,7 +130,7 @@ def test_fisher_nonnegative_and_zero_for_unused_embedding_rows(model):
     used = sorted({t for b in batches for seq in b["y"] for t in seq})
     unused = [t for t in range(1, VOCAB) if t not in used]
     assert len(used) >= 10 and len(unused) >= 19
-    fisher = estimate_fisher(model, batches, _loss, num_batches=3, progress=False)
+    fisher = _fisher(model, batches, num_batches=3)
     assert set(fisher) == {n for n, _ in model.named_parameters()}
     assert all(bool((f >= 0).all()) for f in fisher.values())
     emb = fisher["decoder.embedding.weight"]
@@ -115,30 +140,53 @@ def test_fisher_nonnegative_and_zero_for_unused_embedding_rows(model):
     assert all(p.grad is None for p in model.parameters())  # grads left as found
 
 
-def test_fisher_is_mean_of_squared_batch_gradients(model):
+def test_fisher_is_mean_of_squared_per_utterance_gradients(model):
     batches = _batches(2, seed=2)
-    fisher = estimate_fisher(model, batches, _loss, num_batches=2, progress=False)
+    fisher = _fisher(model, batches, num_batches=2)
     model.eval()
-    expected = None
-    for b in batches:
+    squares = []
+    for utterance in (u for b in batches for u in _split(b)):
         model.zero_grad()
-        _loss(model, b).backward()
-        g2 = model.joiner.output_linear.weight.grad ** 2
-        expected = g2 if expected is None else expected + g2
-    torch.testing.assert_close(fisher["joiner.output_linear.weight"], expected / 2)
+        _loss(model, utterance).backward()
+        squares.append(model.joiner.output_linear.weight.grad ** 2)
+    assert len(squares) == 6
+    torch.testing.assert_close(fisher["joiner.output_linear.weight"], sum(squares) / 6)
 
 
-def test_fisher_uses_at_most_num_batches(model):
+def test_fisher_does_not_depend_on_how_utterances_are_batched(model):
+    """The old estimate (square of the batch-mean gradient) shrank ~1/B with the batch size B."""
+    utterances = _batches(2, seed=4)  # 6 utterances
+    per_size = {size: _fisher(model, _regroup(utterances, size), num_batches=6) for size in (1, 2, 3, 6)}
+    for size in (2, 3, 6):
+        for name, value in per_size[1].items():
+            torch.testing.assert_close(per_size[size][name], value, rtol=1e-4, atol=1e-10, msg=f"{name}, batch {size}")
+
+
+def test_fisher_uses_at_most_num_batches_and_max_utterances(model):
     seen = []
 
     def loss_fn(m, b):
-        seen.append(1)
+        seen.append(len(b["y"]))
         return _loss(m, b)
 
-    estimate_fisher(model, _batches(4, seed=3), loss_fn, num_batches=2, progress=False)
-    assert len(seen) == 2
-    with pytest.raises(RegularizationError, match="no usable batches"):
-        estimate_fisher(model, [], loss_fn, num_batches=2, progress=False)
+    batches = _batches(4, seed=3)
+    estimate_fisher(model, batches, loss_fn, num_batches=2, split=_split, progress=False)
+    assert seen == [1] * 6  # 2 batches x 3 utterances, one at a time
+    seen.clear()
+    estimate_fisher(model, batches, loss_fn, num_batches=4, max_utterances=4, split=_split, progress=False)
+    assert seen == [1] * 4
+    with pytest.raises(RegularizationError, match="no usable utterances"):
+        estimate_fisher(model, [], loss_fn, num_batches=2, split=_split, progress=False)
+
+
+def test_split_batch_gives_each_utterance_its_own_features():
+    from synthasr.train.regularization import split_batch
+
+    feats = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(2, 5, 3)
+    batch = {"features": feats, "feature_lens": torch.tensor([5, 3]), "texts": ["a b", "c"], "cut_ids": ["x", "y"]}
+    parts = list(split_batch(batch))
+    assert [p["texts"] for p in parts] == [["a b"], ["c"]] and [p["cut_ids"] for p in parts] == [["x"], ["y"]]
+    assert torch.equal(parts[1]["features"], feats[1:2, :3]) and parts[1]["feature_lens"].tolist() == [3]
 
 
 def _train(model, regularizer, steps=6, lr=1e-3, seed=5):
@@ -161,7 +209,7 @@ def _copy(model):
 
 
 def test_lambda_zero_is_bit_identical_to_plain_finetuning(model):
-    fisher = estimate_fisher(model, _batches(2, seed=1), _loss, num_batches=2, progress=False)
+    fisher = _fisher(model, _batches(2, seed=1), num_batches=2)
     anchor = snapshot(model)
     plain, with_ewc = _copy(model), _copy(model)
     _train(plain, None)

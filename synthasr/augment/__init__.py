@@ -1,18 +1,24 @@
-"""Cut-level, lazy, seeded data augmentation for one data source (SpecAugment lives in the dataset).
+"""Cut-level, lazy, seeded data augmentation (SpecAugment lives in the dataset).
 
-:func:`augment_cuts` maps every cut through speed -> volume -> reverberation -> band-limit ->
-mu-law -> additive noise. Every random choice comes from ``random.Random(f"{seed}:{cut.id}")``, so
-the same cut is augmented identically no matter in which order or process it is seen (resumable
-training sees exactly the same data), while oversampled copies (``_rep<k>`` ids) differ.
+:func:`augment_cuts` (one config) and :func:`augment_sources` (one config per mixing source) map every
+cut through speed -> volume -> reverberation -> band-limit -> mu-law -> additive noise. Every random
+choice comes from an RNG seeded by ``(seed, epoch, source, cut id)``:
+
+* the same cut in the same epoch is augmented identically in any order, process or rank, so a
+  resumed run sees exactly the data it would have seen (the epoch is a saved integer);
+* a new epoch draws fresh speed/noise/room for every cut: the returned CutSet is *epoch-aware*
+  (``cuts.data.set_epoch(e)``; the training sampler calls it, see ``synthasr.data.dataset``);
+* oversampled copies of a cut (``_rep<k>`` ids from ``synthasr.data.mixing``) differ from each
+  other, because augmentation is applied *after* mixing and the copy index is part of the id.
+
 Augmented cuts drop precomputed features: they need on-the-fly feature extraction.
 """
 from __future__ import annotations
 
 import random
-from typing import List, Optional
+from typing import Dict, Iterator, List, Mapping, Optional
 
 from lhotse import CutSet, RecordingSet
-from lhotse.lazy import LazyMapper
 
 from synthasr.augment.bandlimit import BandLimit, MuLaw, bandlimit_cut, mulaw_cut
 from synthasr.augment.config import AugmentConfig
@@ -27,6 +33,8 @@ __all__ = [
     "MuLaw",
     "augment_cuts",
     "augment_one",
+    "augment_sources",
+    "augmentation_rng",
     "make_noise",
     "make_rirs",
 ]
@@ -43,29 +51,105 @@ def augment_cuts(
     noise_cuts: Optional[CutSet] = None,
     rirs: Optional[RecordingSet] = None,
 ) -> CutSet:
-    """Return a lazy CutSet with ``cfg`` applied per cut (identity config returns ``cuts`` itself)."""
+    """Return a lazy, epoch-aware CutSet with ``cfg`` applied per cut (identity config returns ``cuts``)."""
     cfg.validate()
     if cfg.is_identity:
         return cuts
-    if cfg.noise_prob > 0 and not noise_cuts:
+    _check_assets({"": cfg}, noise_cuts, rirs)
+    return CutSet(AugmentedStream(cuts, {"": cfg}, seed, _as_list(noise_cuts), _as_list(rirs)))
+
+
+def augment_sources(
+    cuts: CutSet,
+    configs: Mapping[str, AugmentConfig],
+    seed: int,
+    source_key: str,
+    noise_cuts: Optional[CutSet] = None,
+    rirs: Optional[RecordingSet] = None,
+) -> CutSet:
+    """Augment a mixed stream: each cut gets the config of its source (``supervision.custom[source_key]``).
+
+    Cuts of a source without a config (or with an identity one) pass through unchanged. Returns ``cuts``
+    itself when nothing can change.
+    """
+    active = {}
+    for name, cfg in configs.items():
+        cfg.validate()
+        if not cfg.is_identity:
+            active[name] = cfg
+    if not active:
+        return cuts
+    _check_assets(active, noise_cuts, rirs)
+    return CutSet(AugmentedStream(cuts, active, seed, _as_list(noise_cuts), _as_list(rirs), source_key=source_key))
+
+
+def augmentation_rng(seed: int, epoch: int, source: str, cut_id: str) -> random.Random:
+    """The RNG for one cut in one epoch (string seeding: stable across processes and PYTHONHASHSEED)."""
+    return random.Random(f"augment:{seed}:{epoch}:{source}:{cut_id}")
+
+
+def _as_list(items) -> List:
+    return list(items) if items else []
+
+
+def _check_assets(configs: Mapping[str, AugmentConfig], noise_cuts, rirs) -> None:
+    if any(c.noise_prob > 0 for c in configs.values()) and not noise_cuts:
         raise AugmentError("noise_prob > 0 but no noise cuts were given (see synthasr.augment.make_noise)")
-    if cfg.reverb_prob > 0 and not rirs:
+    if any(c.reverb_prob > 0 for c in configs.values()) and not rirs:
         raise AugmentError("reverb_prob > 0 but no RIRs were given (see synthasr.augment.make_rirs)")
-    fn = _Augmenter(cfg, seed, list(noise_cuts) if noise_cuts else [], list(rirs) if rirs else [])
-    return CutSet(LazyMapper(cuts, fn=fn))
 
 
-class _Augmenter:
-    """Picklable per-cut function (dataloader workers may receive it)."""
+class AugmentedStream:
+    """The lazy, picklable iterable behind :func:`augment_cuts` / :func:`augment_sources`.
 
-    def __init__(self, cfg: AugmentConfig, seed: int, noise: List, rirs: List) -> None:
-        self.cfg = cfg
+    ``set_epoch`` selects the epoch whose random draws the next iteration uses (and is forwarded to an
+    epoch-aware input, e.g. a mixed stream); an iterator keeps the epoch it started with.
+    """
+
+    def __init__(
+        self,
+        cuts: CutSet,
+        configs: Mapping[str, AugmentConfig],
+        seed: int,
+        noise: List,
+        rirs: List,
+        source_key: Optional[str] = None,
+    ) -> None:
+        self.cuts = cuts
+        self.configs: Dict[str, AugmentConfig] = dict(configs)
         self.seed = seed
         self.noise = noise
         self.rirs = rirs
+        self.source_key = source_key
+        self.epoch = 0
 
-    def __call__(self, cut):
-        return augment_one(cut, self.cfg, random.Random(f"augment:{self.seed}:{cut.id}"), self.noise, self.rirs)
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        inner = getattr(self.cuts, "data", None)
+        if hasattr(inner, "set_epoch"):
+            inner.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.cuts)
+
+    def __iter__(self) -> Iterator:
+        epoch = self.epoch
+        for cut in self.cuts:
+            source = self._source(cut)
+            cfg = self.configs.get(source)
+            if cfg is None:
+                yield cut
+                continue
+            rng = augmentation_rng(self.seed, epoch, source, cut.id)
+            yield augment_one(cut, cfg, rng, self.noise, self.rirs)
+
+    def _source(self, cut) -> str:
+        if self.source_key is None:
+            return ""
+        for sup in cut.supervisions:
+            if sup.custom and self.source_key in sup.custom:
+                return str(sup.custom[self.source_key])
+        return ""
 
 
 def augment_one(cut, cfg: AugmentConfig, rng: random.Random, noise: List, rirs: List):

@@ -9,7 +9,7 @@ from synthasr.config import ConfigError
 
 @dataclass
 class AugmentConfig:
-    """What to do to each cut of one source; every probability is drawn per cut, seeded by cut id.
+    """What to do to each cut of one source; every probability is drawn afresh per cut and epoch.
 
     ``speed``: factors chosen uniformly per cut (``[0.9, 1.0, 1.1]`` = classic 3-way perturbation
     without tripling the epoch). ``noise_prob``/``snr_range``: additive noise from the noise CutSet.

@@ -9,6 +9,8 @@ Exact resume: every random choice made while building a batch (SpecAugment, lhot
 draws from RNGs seeded by ``(seed, epoch, batch_index)`` and restored afterwards, so a batch depends
 only on its position in the epoch -- not on the worker that built it, nor on whether the run was
 interrupted. The position in an epoch is a plain int; :class:`EpochBatches` fast-forwards to it.
+Cut-level randomness (augmentation, weighted mixing) lives in epoch-aware lazy CutSets whose
+``data.set_epoch`` :class:`EpochBatches` calls before each epoch, so it too depends only on the epoch.
 """
 from __future__ import annotations
 
@@ -207,14 +209,28 @@ def make_sampler(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
         if bucketing:
-            return DynamicBucketingSampler(
+            sampler = DynamicBucketingSampler(
                 cuts, max_duration=max_duration, num_buckets=num_buckets, shuffle=shuffle,
                 drop_last=drop_last, seed=seed, world_size=world_size, rank=rank,
             )
-        return SimpleCutSampler(
-            cuts, max_duration=max_duration, shuffle=shuffle, drop_last=drop_last, seed=seed,
-            world_size=world_size, rank=rank,
-        )
+        else:
+            sampler = SimpleCutSampler(
+                cuts, max_duration=max_duration, shuffle=shuffle, drop_last=drop_last, seed=seed,
+                world_size=world_size, rank=rank,
+            )
+    epoch_aware = getattr(cuts, "data", None)
+    setattr(sampler, _EPOCH_AWARE_CUTS, epoch_aware if hasattr(epoch_aware, "set_epoch") else None)
+    return sampler
+
+
+_EPOCH_AWARE_CUTS = "_synthasr_epoch_aware_cuts"
+
+
+def set_cuts_epoch(sampler, epoch: int) -> None:
+    """Tell the epoch-aware CutSet behind a :func:`make_sampler` sampler (if any) which epoch comes next."""
+    stream = getattr(sampler, _EPOCH_AWARE_CUTS, None)
+    if stream is not None:
+        stream.set_epoch(epoch)
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -231,6 +247,7 @@ class EpochBatches(torch.utils.data.Sampler):
         self.skip = skip
 
     def __iter__(self) -> Iterator[Tuple[int, int, Any]]:
+        set_cuts_epoch(self.sampler, self.epoch)  # before the sampler reads its first cut
         self.sampler.set_epoch(self.epoch)
         self.sampler.allow_iter_to_reset_state()
         for index, cuts in enumerate(self.sampler):
@@ -256,3 +273,11 @@ def dev_loader(cuts, feature_config: FeatureConfig, max_duration: float, source_
     dataset = AsrDataset(feature_config=feature_config, spec_augment=None, source_key=source_key)
     return make_loader(dataset, sampler, num_workers=0)
 
+
+def sample_loader(cuts, feature_config: FeatureConfig, max_duration: float, seed: int, source_key: str = "domain"):
+    """Unaugmented batches over ``cuts`` in a seeded random order: its first batches are a reproducible
+    random sample (e.g. for the EWC Fisher), not the manifest's first (often sorted) cuts."""
+    sampler = make_sampler(cuts, max_duration=max_duration, shuffle=True, seed=seed, bucketing=False)
+    sampler.set_epoch(0)
+    dataset = AsrDataset(feature_config=feature_config, spec_augment=None, source_key=source_key)
+    return make_loader(dataset, sampler, num_workers=0)

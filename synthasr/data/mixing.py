@@ -10,12 +10,15 @@ How the weights are realised
 ----------------------------
 Every source is an *endless* stream: it is reshuffled (seeded) on every pass and cuts from the
 second pass on get an ``_rep<k>`` id suffix, so a small synthetic set can be oversampled without
-duplicate ids. Two interleaving methods:
+duplicate ids (and augmentation, applied after mixing, gives every copy its own draw). The stream
+is epoch-aware: ``cuts.data.set_epoch(e)`` (called by the training sampler) reseeds the order and the
+passes, so each epoch oversamples and undersamples different cuts, reproducibly. Two interleaving methods:
 
 * ``"block"`` (default): the stream is cut into blocks of ``block_size`` cuts; each block gets its
   per-source counts by largest-remainder rounding of the cumulative target (the rounding error is
-  carried into the next block), then the block is shuffled. The realised fraction therefore never
-  drifts more than one cut per source from the target at any block boundary, yet the order inside
+  carried into the next block), then the block is shuffled; the epoch's last block is shortened to
+  end exactly at ``num_cuts``. The realised fraction therefore never drifts more than one cut per
+  source from the target at any block boundary or at the end of the epoch, yet the order inside
   a block is random. This is what lets a short stage (a few thousand cuts) see the ratio it asked for.
 * ``"mux"``: independent sampling-by-weight per cut (``lhotse.CutSet.mux`` over repeated sources);
   the realised ratio is right only in expectation (binomial noise, about ``sqrt(p(1-p)/N)``).
@@ -144,7 +147,7 @@ def _count_cuts(name: str, cuts: CutSet) -> int:
 
 
 class _MixedStream:
-    """The lazy iterable behind :func:`mix_sources`; deterministic for a given seed (resume-safe)."""
+    """The lazy iterable behind :func:`mix_sources`; deterministic for a given (seed, epoch): resume-safe."""
 
     def __init__(
         self,
@@ -169,15 +172,21 @@ class _MixedStream:
         self.method = method
         self.tag_key = tag_key
         self.block_size = block_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the next iteration's order and passes for ``epoch`` (an iterator keeps its epoch)."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.num_cuts
 
     def __iter__(self) -> Iterator:
         names = list(self.fractions)
-        streams = {n: _endless(self.sources[n], self.seed, i) for i, n in enumerate(names)}
+        seed = f"{self.seed}:{self.epoch}"
+        streams = {n: _endless(self.sources[n], seed, i) for i, n in enumerate(names)}
         consumed = Counter()
-        order = self._source_order(names)
+        order = self._source_order(names, seed)
         for _, name in zip(range(self.num_cuts), order):
             cut = next(streams[name])
             consumed[name] += 1
@@ -185,8 +194,8 @@ class _MixedStream:
                 return
             yield tag_cut(cut, self.tag_key, name) if self.tag_key else cut
 
-    def _source_order(self, names: List[str]) -> Iterator[str]:
-        rng = random.Random(f"mix-order:{self.seed}")
+    def _source_order(self, names: List[str], seed: str) -> Iterator[str]:
+        rng = random.Random(f"mix-order:{seed}")
         weights = [self.fractions[n] for n in names]
         if self.method == "mux":
             while True:
@@ -194,7 +203,8 @@ class _MixedStream:
         emitted = Counter()
         total = 0
         while True:
-            total += self.block_size
+            # The epoch's last block is cut to what is left, so the epoch as a whole is exact too.
+            total = min(total + self.block_size, self.num_cuts) if total < self.num_cuts else total + self.block_size
             block = _block_counts(names, weights, total, emitted)
             order = [n for n in names for _ in range(block[n])]
             rng.shuffle(order)
@@ -214,7 +224,7 @@ def _block_counts(names: List[str], weights: List[float], total: int, emitted: C
     return floors
 
 
-def _endless(cuts: CutSet, seed: int, index: int) -> Iterator:
+def _endless(cuts: CutSet, seed: str, index: int) -> Iterator:
     """Yield the cuts of ``cuts`` forever, reshuffled each pass; passes >= 1 get ``_rep<k>`` ids."""
     rng = random.Random(f"mix-source:{seed}:{index}")
     eager = not cuts.is_lazy

@@ -8,17 +8,19 @@ Online EWC (Schwarz et al. 2018) keeps one running Fisher ``F = gamma * F_prev +
 anchor to the newest ``theta*`` each stage, so the cost does not grow with the number of stages.
 
 Scale convention: the trainer minimises the per-frame RNN-T loss, so the Fisher here is estimated from
-gradients of the per-frame loss (:func:`rnnt_frame_loss`) and ``lambda`` is in the same units. The
-penalty is a callable ``regularizer(model) -> scalar tensor`` as ``trainer.fit`` expects; lambdas are
-given per module prefix (``{"encoder": 1000}`` applies EWC to the encoder only; ``""`` is the default
-for everything else).
+gradients of each utterance's per-frame loss (:func:`rnnt_frame_loss`), one utterance at a time:
+``F = mean_n (d loss_n / d theta)^2``. Squaring a batch-mean gradient instead would shrink ``F`` by
+about the number of utterances per batch (independent per-utterance gradients average out), making
+``lambda`` depend on the Fisher batch size. The penalty is a callable ``regularizer(model) -> scalar
+tensor`` as ``trainer.fit`` expects; lambdas are given per module prefix (``{"encoder": 1000}``
+applies EWC to the encoder only; ``""`` is the default for everything else).
 """
 from __future__ import annotations
 
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -44,18 +46,26 @@ def estimate_fisher(
     batches: Iterable[Any],
     loss_fn: LossFn,
     num_batches: int,
+    max_utterances: Optional[int] = None,
+    split: Optional[Callable[[Any], Iterable[Any]]] = None,
     progress: bool = True,
 ) -> Dict[str, torch.Tensor]:
-    """Diagonal empirical Fisher: mean over ``num_batches`` batches of the squared gradient of
-    ``loss_fn(model, batch)`` w.r.t. every parameter that requires grad, at the current weights.
+    """Diagonal empirical Fisher at the current weights: the mean over utterances of the squared
+    gradient of ``loss_fn(model, utterance)`` w.r.t. every parameter that requires grad.
 
-    The model is put in eval mode (no dropout: the Fisher belongs to ``theta*``, not to a random
-    sub-network) and restored afterwards; its ``.grad`` fields are left as they were.
+    Utterances come from the first ``num_batches`` of ``batches`` (give a shuffled, seeded loader for
+    a random sample), each split by ``split`` (default :func:`split_batch`, the trainer's batch
+    format) into one-utterance batches, at most ``max_utterances`` in all. The model is put in eval
+    mode (no dropout: the Fisher belongs to ``theta*``, not to a random sub-network) and restored
+    afterwards; its ``.grad`` fields are left as they were.
     """
     from tqdm import tqdm
 
     if num_batches <= 0:
         raise RegularizationError(f"fisher: num_batches must be positive, got {num_batches}")
+    if max_utterances is not None and max_utterances <= 0:
+        raise RegularizationError(f"fisher: max_utterances must be positive, got {max_utterances}")
+    split = split or split_batch
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not params:
         raise RegularizationError("fisher: the model has no parameters with requires_grad=True")
@@ -63,31 +73,56 @@ def estimate_fisher(
     was_training = model.training
     model.eval()
     fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params}
-    used = 0
+    used = skipped = 0
     try:
-        for batch in tqdm(batches, total=num_batches, desc="fisher", disable=not progress):
-            if used >= num_batches:
+        for batch_index, batch in enumerate(tqdm(batches, total=num_batches, desc="fisher", disable=not progress)):
+            if batch_index >= num_batches or used == max_utterances:
                 break
-            for _, p in params:
-                p.grad = None
-            loss = loss_fn(model, batch)
-            if not torch.isfinite(loss):
-                log.warning("fisher: skipping a batch with non-finite loss %s", float(loss))
-                continue
-            loss.backward()
-            for n, p in params:
-                if p.grad is not None:
-                    fisher[n] += p.grad.detach().float() ** 2
-            used += 1
+            for utterance in split(batch):
+                if used == max_utterances:
+                    break
+                if _accumulate_squared_grad(model, params, fisher, loss_fn, utterance):
+                    used += 1
+                else:
+                    skipped += 1
     finally:
         for (_, p), g in zip(params, saved_grads):
             p.grad = g
         model.train(was_training)
+    if skipped:
+        log.warning("fisher: skipped %d utterance(s) with a non-finite loss", skipped)
     if used == 0:
-        raise RegularizationError("fisher: no usable batches (empty old-domain data or all losses non-finite)")
-    if used < num_batches:
-        log.warning("fisher: only %d of %d requested batches were available", used, num_batches)
+        raise RegularizationError("fisher: no usable utterances (empty old-domain data or all losses non-finite)")
+    log.info("fisher: estimated from %d utterances", used)
     return {n: (f / used).cpu() for n, f in fisher.items()}
+
+
+def _accumulate_squared_grad(model: nn.Module, params, fisher: Dict[str, torch.Tensor], loss_fn: LossFn,
+                             utterance: Any) -> bool:
+    """Add one utterance's squared gradient to ``fisher``; False (nothing added) on a non-finite loss."""
+    for _, p in params:
+        p.grad = None
+    loss = loss_fn(model, utterance)
+    if not torch.isfinite(loss):
+        return False
+    loss.backward()
+    for n, p in params:
+        if p.grad is not None:
+            fisher[n] += p.grad.detach().float() ** 2
+    return True
+
+
+def split_batch(batch: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+    """One-utterance batches (features cut to their own length) from a trainer batch."""
+    lens = batch["feature_lens"]
+    for i in range(len(lens)):
+        n = int(lens[i])
+        yield {
+            "features": batch["features"][i : i + 1, :n],
+            "feature_lens": lens[i : i + 1],
+            "texts": list(batch["texts"][i : i + 1]),
+            "cut_ids": list(batch.get("cut_ids", [])[i : i + 1]),
+        }
 
 
 def rnnt_frame_loss(tokenizer: Any, loss_cfg: Any, step: Optional[int] = None) -> LossFn:
