@@ -219,7 +219,9 @@ def term_groups(report: Mapping[str, Any], eval_set: str) -> List[str]:
     return sorted(found)
 
 
-def worst_terms(report: Mapping[str, Any], eval_set: str, stage: Optional[str] = None, top: int = 10) -> List[Dict[str, Any]]:
+def worst_terms(report: Mapping[str, Any], eval_set: str, stage: Optional[str] = None,
+                top: int = 10) -> List[Dict[str, Any]]:
+    """The worst names of ``eval_set`` at ``stage`` (default: the final stage), as the eval stored them."""
     t = ((report.get("terms") or {}).get(stage or report["final_stage"]) or {}).get(eval_set) or {}
     return list(t.get("worst") or [])[:top]
 
@@ -233,8 +235,8 @@ def format_counts(pairs: Sequence[Sequence[Any]], empty: str, limit: int = 3) ->
 
 def worst_terms_markdown(rows: Sequence[Mapping[str, Any]]) -> List[str]:
     """Markdown table of :func:`worst_terms` rows."""
-    lines = ["| name | group | mentions | recognised | missed | false alarms | recognised as | false alarm where the reference had |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| name | group | mentions | recognised | missed | false alarms | recognised as "
+             "| false alarm where the reference had |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['term']} | {r.get('group') or '–'} | {r['ref']} | {r['hits']} | {r['misses']} | "
                      f"{r['false_alarms']} | {format_counts(r.get('recognised_as') or [], '(deleted)') or '–'} | "
@@ -492,7 +494,8 @@ def _html_terms_table(rows: Sequence[Mapping[str, Any]]) -> str:
     head = ("<tr><th>name</th><th>group</th><th>mentions</th><th>recognised</th><th>missed</th>"
             "<th>false alarms</th><th>recognised as</th><th>false alarm where the reference had</th></tr>")
     body = [f"<tr><td>{_esc(r['term'])}</td><td>{_esc(r.get('group') or '–')}</td><td class=\"num\">{r['ref']}</td>"
-            f"<td class=\"num\">{r['hits']}</td><td class=\"num\">{r['misses']}</td><td class=\"num\">{r['false_alarms']}</td>"
+            f"<td class=\"num\">{r['hits']}</td><td class=\"num\">{r['misses']}</td>"
+            f"<td class=\"num\">{r['false_alarms']}</td>"
             f"<td>{_esc(format_counts(r.get('recognised_as') or [], '(deleted)') or '–')}</td>"
             f"<td>{_esc(format_counts(r.get('false_alarm_for') or [], '(nothing)') or '–')}</td></tr>" for r in rows]
     return '<table class="terms">' + head + "".join(body) + "</table>"
@@ -526,14 +529,18 @@ def _html_utterances(eval_set: str, evals: Mapping[str, Mapping[str, Any]], show
     except Exception as e:  # noqa: BLE001 - an unreadable manifest leaves a note, not a failed report
         log.warning("report.html: %s: cannot read cuts: %s", cuts_path, e)
         return f'<p class="note">Cannot read {_esc(cuts_path)}: {_esc(str(e).splitlines()[0] if str(e) else e)}</p>'
-    rows = ['<table class="utts"><tr><th>voice</th><th>utterance</th><th>audio</th><th>reference and hypotheses</th></tr>']
+    rows = ['<table class="utts"><tr><th>voice</th><th>utterance</th><th>audio</th>'
+            "<th>reference and hypotheses</th></tr>"]
     for (engine, voice), utts in picked:
         for k, (utt_id, cut) in enumerate(utts):
             ref = next(iter(recogs.values()))[utt_id][0]
             lines = [f'<div class="ref"><span class="label">reference</span>{_esc(" ".join(ref))}</div>']
             for st, r in recogs.items():
-                lines.append(f'<div class="hyp"><span class="label">{_esc(st)}</span>{_html_hyp(ref, r[utt_id][1])}</div>')
-            voice_cell = (f'<td rowspan="{len(utts)}">{_esc(voice)}<br><small>{_esc(engine)}</small></td>' if k == 0 else "")
+                hyp = _html_hyp(ref, r[utt_id][1])
+                lines.append(f'<div class="hyp"><span class="label">{_esc(st)}</span>{hyp}</div>')
+            voice_cell = ""
+            if k == 0:  # one cell per voice, spanning its utterances
+                voice_cell = f'<td rowspan="{len(utts)}">{_esc(voice)}<br><small>{_esc(engine)}</small></td>'
             rows.append(f'<tr data-utt="{_esc(utt_id)}">{voice_cell}<td><code>{_esc(utt_id)}</code></td>'
                         f'<td>{_html_audio(cut, audio, exp_dir)}</td><td class="text">{"".join(lines)}</td></tr>')
     return "\n".join(rows) + "</table>"
@@ -603,7 +610,8 @@ def _html_audio(cut: Any, mode: str, exp_dir: Path) -> str:
         src = _embedded_audio(cut) if mode == "embed" else _linked_audio(cut, exp_dir)
     except Exception as e:  # noqa: BLE001 - one unreadable file leaves a note in the page
         log.warning("report.html: audio of %s: %s", cut.id, e)
-        return f'<span class="note">audio unavailable: {_esc(str(e).splitlines()[0] if str(e) else type(e).__name__)}</span>'
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return f'<span class="note">audio unavailable: {_esc(reason)}</span>'
     return f'<audio controls preload="metadata" src="{_esc(src)}"></audio>'
 
 

@@ -447,9 +447,9 @@ class TermStats:
             for key, counts in source.items():
                 target.setdefault(key, TermCounts()).add(counts)
         self.term_group.update(other.term_group)
-        for target, source in ((self.recognised_as, other.recognised_as), (self.false_alarm_for, other.false_alarm_for)):
-            for key, counter in source.items():
-                target.setdefault(key, Counter()).update(counter)
+        for mine, theirs in ((self.recognised_as, other.recognised_as), (self.false_alarm_for, other.false_alarm_for)):
+            for key, counter in theirs.items():
+                mine.setdefault(key, Counter()).update(counter)
         self.events.extend(other.events)
 
     def _count(self, term: str, group: str, side: str, n: int = 1) -> None:
@@ -497,6 +497,14 @@ def _widen(alignment: Sequence[Pair], first: int, last: int, side: int) -> Tuple
     return first, last
 
 
+def _cover(first: int, last: int, spans: Sequence[Tuple[int, int]]) -> Tuple[int, int]:
+    """Grow ``[first, last]`` to cover the name spans of the other side it overlaps (shown whole)."""
+    for span_first, span_last in spans:
+        if span_first <= last and first <= span_last:
+            first, last = min(first, span_first), max(last, span_last)
+    return first, last
+
+
 def _words_in(alignment: Sequence[Pair], span: Tuple[int, int], side: int) -> str:
     return " ".join(pair[side] for pair in alignment[span[0]: span[1] + 1] if pair[side] is not None)
 
@@ -506,12 +514,15 @@ def score_terms(utt_id: str, ref: Sequence[str], hyp: Sequence[str], alignment: 
     """Term mentions of one utterance, scored on the word ``alignment`` of ``ref`` against ``hyp``.
 
     A reference mention is a hit when its words are all aligned as correct to consecutive hypothesis
-    words and the hypothesis's own mention at those words is the same term.
+    words and the hypothesis's own mention at those words is the same term. For a miss, "recognised as"
+    is the hypothesis words aligned to it, grown over adjacent insertions and over any hypothesis name it
+    overlaps; a false alarm records the reference words at its position the same way.
     """
     stats = TermStats()
     ref_at, hyp_index = _word_positions(alignment)
     hyp_at = sorted(hyp_index)  # alignment index of each hypothesis word
     hyp_mentions = {(s, e): term for s, e, term in terms.find(hyp)}
+    hyp_spans = [(hyp_at[s], hyp_at[e - 1]) for s, e in hyp_mentions]  # in alignment indices
     hit_spans, ref_spans = set(), []
     for s, e, term in terms.find(ref):
         name, group = " ".join(term), terms.groups[term]
@@ -524,6 +535,7 @@ def score_terms(utt_id: str, ref: Sequence[str], hyp: Sequence[str], alignment: 
                 stats._count(name, group, "hits")
                 hit_spans.add(span)
                 continue
+        first, last = _cover(first, last, hyp_spans)
         said = _words_in(alignment, _widen(alignment, first, last, side=0), side=1)
         stats.recognised_as.setdefault(name, Counter())[said] += 1
         stats.events.append(TermEvent(utt_id, name, "miss", name, said))
@@ -532,10 +544,7 @@ def score_terms(utt_id: str, ref: Sequence[str], hyp: Sequence[str], alignment: 
         stats._count(name, group, "hyp")
         if (s, e) in hit_spans:
             continue
-        first, last = hyp_at[s], hyp_at[e - 1]
-        for ref_first, ref_last in ref_spans:  # a reference name it overlaps is shown whole
-            if ref_first <= last and first <= ref_last:
-                first, last = min(first, ref_first), max(last, ref_last)
+        first, last = _cover(hyp_at[s], hyp_at[e - 1], ref_spans)
         had = _words_in(alignment, _widen(alignment, first, last, side=1), side=0)
         stats.false_alarm_for.setdefault(name, Counter())[had] += 1
         stats.events.append(TermEvent(utt_id, name, "false_alarm", had, name))

@@ -181,9 +181,11 @@ def test_missing_audio_and_old_evals_leave_notes(exp, tmp_path):
     shutil.copytree(exp["dir"], exp_dir)
     evals = {st: json.loads((exp_dir / st / "eval.json").read_text()) for st in ("baseline", "final")}
     cuts = CutSet.from_file(evals["final"]["results"]["med_test"]["cuts"])
-    broken = CutSet.from_cuts(
-        fastcopy(c, recording=fastcopy(c.recording, sources=[fastcopy(c.recording.sources[0], source=str(tmp_path / "gone.flac"))]))
-        if c.id == "med_1_0" else c for c in cuts)
+    def moved(cut):
+        source = fastcopy(cut.recording.sources[0], source=str(tmp_path / "gone.flac"))
+        return fastcopy(cut, recording=fastcopy(cut.recording, sources=[source]))
+
+    broken = CutSet.from_cuts(moved(c) if c.id == "med_1_0" else c for c in cuts)
     broken.to_file(tmp_path / "broken_cuts.jsonl.gz")
     evals["final"]["results"]["med_test"]["cuts"] = str(tmp_path / "broken_cuts.jsonl.gz")
     evals["baseline"]["results"]["med_test"]["cuts"] = str(tmp_path / "gone_cuts.jsonl.gz")  # moved away

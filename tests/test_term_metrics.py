@@ -99,6 +99,11 @@ def test_longest_name_wins_on_both_sides():
     assert stats.per_term["insulin glargine"].ref == 1 and stats.per_term["insulin"].ref == 1
     shorter = _score("insulin glargine", "insulin")
     assert _totals(shorter) == (1, 1, 0)
+    # "insulin" is right word for word, but the hypothesis names a different (longer) product there
+    longer = _score("insulin lispro", "insulin glargine")
+    assert _totals(longer) == (1, 1, 0)
+    assert longer.recognised_as["insulin"] == {"insulin glargine": 1}  # the name said there is shown whole
+    assert longer.false_alarm_for["insulin glargine"] == {"insulin lispro": 1}
 
 
 def test_names_at_first_and_last_word():
