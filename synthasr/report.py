@@ -363,7 +363,7 @@ def write_report(
     html_page: bool = True,
     audio: str = "embed",
     utts_per_voice: int = 2,
-    max_voices: int = 12,
+    max_voices: int = 8,
 ) -> Dict[str, Any]:
     """Build and write ``report.json``/``report.md`` (+ PNG, HTML, tensorboard) into ``exp_dir``; return
     the report. The HTML page embeds the plot even with ``plot=False``."""
@@ -413,7 +413,7 @@ def _esc(text: Any) -> str:
 
 def render_html(report: Mapping[str, Any], stage_evals: Sequence[Mapping[str, Any]], exp_dir: PathLike,
                 png: Optional[bytes] = None, audio: str = "embed", utts_per_voice: int = 2,
-                max_voices: int = 12) -> str:
+                max_voices: int = 8) -> str:
     """``report.html``: one self-contained page (plot and audio as data URIs, or audio as links
     relative to ``exp_dir``); no scripts, no external resources.
 
@@ -573,7 +573,7 @@ def _voice_of(cut: Any) -> Tuple[str, str]:
 
 
 def pick_utterances(cuts_path: PathLike, utt_ids: Set[str], per_voice: int = 2,
-                    max_voices: int = 12) -> List[Tuple[Tuple[str, str], List[Tuple[str, Any]]]]:
+                    max_voices: int = 8) -> List[Tuple[Tuple[str, str], List[Tuple[str, Any]]]]:
     """``[((engine, voice), [(utt_id, cut), ...]), ...]``: the first ``per_voice`` utterances (by id) of
     up to ``max_voices`` voices, taking voices from each engine in turn so every engine is shown.
 

@@ -31,7 +31,7 @@ def _parse_ablation(spec: str) -> Tuple[str, str]:
               help="Audio in report.html: embedded FLAC, links relative to EXP_DIR, or none.")
 @click.option("--utts-per-voice", type=click.IntRange(min=1), default=2, show_default=True,
               help="report.html: utterances shown per voice and test set.")
-@click.option("--max-voices", type=click.IntRange(min=1), default=12, show_default=True,
+@click.option("--max-voices", type=click.IntRange(min=1), default=8, show_default=True,
               help="report.html: voices shown per test set (engines in turn).")
 @click.option("--ablation", "ablations", multiple=True, metavar="LABEL=EXP_DIR",
               help="Add a row to a paper-style ablation table (repeatable; first row is the reference).")
