@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
-from lhotse.augmentation import Resample  # imported at module load so forked TTS workers inherit it
+import scipy.signal  # noqa: F401 - lhotse's Resample imports it on first use; here forked workers inherit it
+from lhotse.augmentation import Resample
 
 ARRAY_NAME = "<array>"
 # RIFF data sizes that mean "length unknown" (a WAV streamed to a pipe): 0, and values near 2**31/2**32
