@@ -21,7 +21,7 @@ A schedule is one YAML file::
         init: previous                 # scratch | previous | stage:<earlier stage> | path/to/checkpoint.pt
         data: {general: 0.7, medication_synth: 0.3}
         augment: {medication_synth: {speed: [0.9, 1.0, 1.1], noise_prob: 0.5, reverb_prob: 0.3}}
-        freeze: {patterns: [encoder], eval_mode: true}
+        freeze: {patterns: [encoder], eval_mode: true}   # or {encoder_layers_trainable: 2}: top 2 layers train
         regularization: {type: ewc, lambda: {encoder: 1000.0}, fisher_source: general, fisher_batches: 50}
         lr: 3.0e-4
         max_steps: 5000
@@ -119,8 +119,12 @@ class BaseConfig:
 
 @dataclass
 class FreezeConfig:
+    """``patterns``: modules to freeze (see :mod:`synthasr.train.freeze`); ``encoder_layers_trainable: N``
+    additionally freezes the encoder's stem and all but its top N layers."""
+
     patterns: List[str] = field(default_factory=list)
     eval_mode: bool = True
+    encoder_layers_trainable: Optional[int] = None
 
 
 @dataclass
@@ -150,6 +154,7 @@ class StageConfig:
     train: Dict[str, Any] = field(default_factory=dict)
     dev: Optional[str] = None
     eval: Optional[List[str]] = None
+    encoder_cache: bool = False  # train from stored outputs of the (wholly frozen) encoder
 
 
 @dataclass
@@ -360,7 +365,7 @@ def _load_tokenizer(bpe_model: str, path: Path):
 
 def _validate_stage(path, where, i, stage, cfg, sources, eval_sets, train_cfg, tokenizer, exp_dir) -> None:
     from synthasr.data.mixing import MixingError, normalized_weights
-    from synthasr.train.freeze import FreezeError, check_patterns
+    from synthasr.train.freeze import FreezeError, check_patterns, resolve_freeze_patterns
     from synthasr.train.regularization import RegularizationError, resolve_lambdas
 
     try:
@@ -385,9 +390,11 @@ def _validate_stage(path, where, i, stage, cfg, sources, eval_sets, train_cfg, t
 
     model = _skeleton(stage, train_cfg, tokenizer, path, where)
     try:
-        check_patterns(model, stage.freeze.patterns)
+        patterns = resolve_freeze_patterns(model, stage.freeze.patterns, stage.freeze.encoder_layers_trainable)
+        check_patterns(model, patterns)
     except FreezeError as e:
         raise _err(path, f"{where}.freeze", str(e)) from None
+    _validate_encoder_cache(path, where, stage, model, patterns, train_cfg)
 
     reg = stage.regularization
     if reg.type != "none":
@@ -476,7 +483,7 @@ def _run_stage(plan: _Plan, stage: StageConfig, index: int) -> StageResult:
         return StageResult(stage.name, stage_dir, stage_dir / "final.pt", data["results"], skipped=True)
     import torch
 
-    from synthasr.train.freeze import freeze
+    from synthasr.train.freeze import freeze, resolve_freeze_patterns
     from synthasr.train.trainer import fit
 
     train_cfg = plan.train_cfgs[stage.name]
@@ -484,15 +491,64 @@ def _run_stage(plan: _Plan, stage: StageConfig, index: int) -> StageResult:
     torch.manual_seed(train_cfg.seed)
     model = _build_init_model(train_cfg, plan.tokenizer, init_ckpt)
     regularizer = _make_regularizer(plan, stage, index, model, init_ckpt, train_cfg)
-    report = freeze(model, stage.freeze.patterns, eval_mode=stage.freeze.eval_mode)
+    patterns = resolve_freeze_patterns(model, stage.freeze.patterns, stage.freeze.encoder_layers_trainable)
+    report = freeze(model, patterns, eval_mode=stage.freeze.eval_mode)
     log.info("stage %s: %s", stage.name, report.summary())
-    train_cuts = _stage_cuts(plan, stage, train_cfg.seed + index)
+    cached = _encoder_cache_sources(plan, stage, model, train_cfg) if stage.encoder_cache else None
+    train_cuts = _stage_cuts(plan, stage, train_cfg.seed + index, sources=cached)
     dev = plan.eval_sets[stage.dev] if stage.dev else None
     meta = {"stage": stage.name, "stage_index": index, "schedule": str(plan.path), "init": str(init_ckpt or "scratch")}
     final = fit(train_cfg, stage_dir, train_cuts, dev, plan.tokenizer, model=model, regularizer=regularizer,
-                eval_mode_modules=report.eval_mode_modules, source_key=MIX_SOURCE_KEY, meta=meta)
+                eval_mode_modules=report.eval_mode_modules, source_key=MIX_SOURCE_KEY, meta=meta,
+                inputs="encoder_out" if stage.encoder_cache else "features")
     results = _evaluate_stage(plan, stage, index, Path(final))
     return StageResult(stage.name, stage_dir, Path(final), results, skipped=False)
+
+
+def _validate_encoder_cache(path: Path, where: str, stage: StageConfig, model, patterns: List[str], train_cfg) -> None:
+    """``encoder_cache: true`` replays stored encoder outputs: only valid while the whole encoder is
+    frozen in eval mode and nothing changes a cached source's audio or features."""
+    if not stage.encoder_cache:
+        return
+    from synthasr.train.freeze import expand_patterns
+
+    key = f"{where}.encoder_cache"
+    if not stage.freeze.eval_mode:
+        raise _err(path, key, "needs freeze.eval_mode: true (encoder dropout would differ from the stored outputs)")
+    frozen = expand_patterns(model, patterns)
+    covered = lambda name: any(name == f or name.startswith(f + ".") for f in frozen)  # noqa: E731
+    names = [n for n, m in model.encoder.named_modules(prefix="encoder") if not list(m.children())]
+    names += [n for n, _ in model.encoder.named_parameters(prefix="encoder")]
+    loose = next((n for n in names if not covered(n)), None)
+    if loose is not None:
+        raise _err(path, key, f"needs the whole encoder frozen (freeze: {{patterns: [encoder]}}), but {loose} is not")
+    for src, weight in stage.data.items():
+        aug = stage.augment.get(src)
+        if weight > 0 and aug is not None and not aug.is_identity:
+            raise _err(path, f"{where}.augment.{src}", "audio augmentation cannot be replayed from encoder_cache; "
+                       "drop it or set encoder_cache: false")
+    if train_cfg.data.spec_augment.enabled:
+        raise _err(path, f"{where}.train.data.spec_augment", "SpecAugment cannot apply to stored encoder outputs "
+                   "(encoder_cache: true); set enabled: false")
+
+
+def _encoder_cache_sources(plan: _Plan, stage: StageConfig, model, train_cfg) -> Dict[str, Any]:
+    """The stage's sources with the frozen encoder's outputs attached, built (or resumed) once per
+    encoder: ``exp_dir/encoder_cache/<source>/<key>``, so stages sharing a frozen encoder share it."""
+    import torch
+
+    from synthasr.data.encoder_cache import build_encoder_cache, encoder_cache_key
+
+    key = encoder_cache_key(model, train_cfg.features)[:16]
+    device = "cuda" if train_cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
+    out = {}
+    for name, weight in sorted(stage.data.items()):
+        if weight > 0:
+            log.info("stage %s: encoder outputs of source %s (cache key %s)", stage.name, name, key)
+            out[name] = build_encoder_cache(model, plan.sources[name], plan.exp_dir / "encoder_cache" / name / key,
+                                            train_cfg.features, max_duration=train_cfg.data.max_duration,
+                                            device=device, on_the_fly_features=train_cfg.data.on_the_fly_features)
+    return out
 
 
 def _init_stage_name(cfg: ScheduleConfig, stage: StageConfig, index: int) -> Optional[str]:
@@ -529,13 +585,13 @@ def _build_init_model(train_cfg, tokenizer, ckpt_path: Optional[Path]):
     return model
 
 
-def _stage_cuts(plan: _Plan, stage: StageConfig, seed: int):
+def _stage_cuts(plan: _Plan, stage: StageConfig, seed: int, sources: Optional[Dict[str, Any]] = None):
     """Per-source augmentation, then weighted mixing (tagged with the source name)."""
     from synthasr.augment import augment_cuts
     from synthasr.data.mixing import mix_sources
 
     noise, rirs = _assets(plan, stage)
-    used = {n: plan.sources[n] for n, w in stage.data.items() if w > 0}
+    used = {n: (sources or plan.sources)[n] for n, w in stage.data.items() if w > 0}
     augmented = {
         name: augment_cuts(cuts, stage.augment.get(name, AugmentConfig()), seed=seed + i, noise_cuts=noise, rirs=rirs)
         for i, (name, cuts) in enumerate(sorted(used.items()))
