@@ -320,7 +320,8 @@ def _python_children(pid: int):
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGKILL,  # SIGTERM: same kernel path (parent death), so slow-only
+                                 pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_killing_the_parent_does_not_orphan_pool_workers(tmp_path, sig):
     text = _write(tmp_path / "in.txt", [f"dose number {i}" for i in range(1, 41)])
     slow = _fake_espeak(tmp_path, sleep=0.3)

@@ -89,7 +89,10 @@ def read_audio(path: Path) -> Tuple[np.ndarray, int]:
         raise AudioError(f"{path}: audio file not found")
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: audio file is empty (0 bytes)")
-    missing = _missing_wav_bytes(path)
+    try:
+        missing = _missing_wav_bytes(path)
+    except OSError as e:  # unreadable (permissions, I/O error): the same one line as for soundfile
+        raise AudioError(f"{path}: cannot read audio: {e.strerror or e}") from None
     if missing:
         raise AudioError(f"{path}: truncated audio file: the WAV header declares {missing[0]} bytes of "
                          f"samples but only {missing[1]} are present")
