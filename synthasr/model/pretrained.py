@@ -283,7 +283,8 @@ def _convert(src: _Tensors, dims: WhisperDims, fmt: str, source: str) -> Dict[st
 def _read_openai(files: List[Path]) -> Tuple[WhisperDims, _Tensors]:
     path = files[0]
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: reading dims (or a large model's encoder only) does not pull the whole file into memory
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:  # torch raises several types for corrupt/unsafe pickles
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise PretrainedFormatError(f"{path}: not a readable openai-whisper checkpoint ({first})") from None
