@@ -3,7 +3,7 @@
 Every artifact SynthASR writes (manifests, checkpoints, reports, result files) goes through
 :func:`atomic_write` or :func:`atomic_path` so that an interrupted run leaves either the previous good
 file or nothing, never a truncated one. Output folders are made with :func:`ensure_dir`. Both turn
-the two common environmental failures into one-line :class:`OutputError`\ s: a full disk (which
+the two common environmental failures into a one-line :class:`OutputError`: a full disk (which
 libsndfile and torch report as "System error." / "unexpected pos") and a regular file where a
 folder must be.
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Iterator, Optional, Union
 
 PathLike = Union[str, os.PathLike]
+_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))  # disk full, or quota exceeded
 
 
 class OutputError(OSError):
@@ -26,7 +27,7 @@ class OutputError(OSError):
     """
 
     def __str__(self) -> str:
-        if self.errno in (errno.ENOSPC, errno.EDQUOT):
+        if self.errno in _NO_SPACE:
             return f"no space left on device: {self.filename}"
         if self.errno == errno.ENOTDIR and self.filename2:
             return f"cannot write {self.filename}: {self.filename2} is a file, not a directory"
@@ -60,7 +61,7 @@ def as_output_error(exc: BaseException, path: PathLike) -> Optional[OutputError]
         return exc
     path = Path(path)
     code = exc.errno if isinstance(exc, OSError) else None
-    if code in (errno.ENOSPC, errno.EDQUOT) or (isinstance(exc, Exception) and _file_system_full(path.parent)):
+    if code in _NO_SPACE or (isinstance(exc, Exception) and _file_system_full(path.parent)):
         return OutputError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
     if code == errno.ENOTDIR:
         return _not_a_directory(path.parent)
@@ -71,7 +72,7 @@ def describe_os_error(exc: OSError) -> Optional[str]:
     """One line for an environmental ``OSError`` that names a path (or is a full disk), else None."""
     if isinstance(exc, OutputError):
         return str(exc)
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if exc.errno in _NO_SPACE:
         return f"no space left on device: {exc.filename or '(unknown file)'}"
     if exc.filename is None:
         return None
