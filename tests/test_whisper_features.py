@@ -43,6 +43,8 @@ def test_whisper_parameters_are_fixed():
                           ({"type": "mfcc"}, "type: expected one of")]:
         with pytest.raises(ConfigError, match=message):
             from_dict(FeatureConfig, data)
+        with pytest.raises(ConfigError, match=message):
+            make_extractor(data)
 
 
 def test_compute_fbank_stores_whisper_features_finely_and_never_reuses_kaldi_ones(tmp_path):

@@ -57,6 +57,7 @@ def make_extractor(cfg: Optional[Union[FeatureConfig, Dict[str, Any]]] = None):
         cfg = FeatureConfig()
     elif isinstance(cfg, dict):
         cfg = FeatureConfig(**cfg)
+    cfg.validate()  # e.g. a whisper_fbank config asking for 8 kHz must fail, not be silently ignored
     if cfg.type == "whisper_fbank":
         return _whisper_fbank(cfg.num_mel_bins)
     return Fbank(
