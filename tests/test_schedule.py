@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -211,3 +212,83 @@ def test_end_to_end_two_stage_schedule(tmp_path, corpus):
     again = run_schedule(path, exp_dir=exp)  # finished stages are skipped
     assert all(s.skipped for s in again.stages)
     assert again.stages[1].results == result.stages[1].results
+
+
+def _augmentation_by_copy(batches):
+    """``{cut id with its _rep<k> copy index: its augmentation suffixes}`` over one epoch's batches."""
+    out = {}
+    for _, _, cuts in batches:
+        for cut in cuts:
+            if cut.supervisions[0].custom["mix_source"] != "medication_synth":
+                continue
+            parts = cut.id.split("_")
+            copy = parts[0] + next(("_" + p for p in parts if p.startswith("rep")), "_rep0")
+            out[copy] = tuple(sorted(p for p in parts[1:] if not p.startswith("rep")))
+    return out
+
+
+def test_two_epochs_of_an_augmented_stage_see_different_augmentations(tmp_path, corpus):
+    """Through the trainer's own sampler path (make_sampler + EpochBatches): each epoch draws fresh
+    speed/noise/room per cut copy, and replaying an epoch (a resume) draws exactly the same."""
+    from synthasr.data.dataset import EpochBatches, make_sampler
+    from synthasr.train.schedule import _stage_cuts
+
+    data = _schedule(corpus)
+    data["stages"][1]["num_cuts"] = 400  # 200 synthetic slots: each of the 8 cuts 25 times per epoch
+    plan = validate_schedule(_write(tmp_path, data), exp_dir=tmp_path / "exp")
+    stage = plan.cfg.stages[1]
+    cuts = _stage_cuts(plan, stage, seed=3)
+    sampler = make_sampler(cuts, max_duration=6.0, shuffle=True, seed=3, bucketing=False)
+    epoch1, epoch2 = (_augmentation_by_copy(EpochBatches(sampler, e)) for e in (1, 2))
+    assert _augmentation_by_copy(EpochBatches(sampler, 1)) == epoch1
+    common = sorted(set(epoch1) & set(epoch2))
+    assert len(common) == 200
+    same = sum(epoch1[c] == epoch2[c] for c in common)
+    # Independent draws: P(same) = P(same speed of 2) * P(same noise on/off) * P(same reverb on/off).
+    p = 0.5 * (0.5**2 + 0.5**2) * (0.5**2 + 0.5**2)
+    n = len(common)
+    assert abs(same - n * p) <= 5 * (n * p * (1 - p)) ** 0.5, (same, n * p)  # one shared draw: same == n
+
+
+def test_fisher_cache_is_keyed_by_content_not_file_name(tmp_path, corpus, monkeypatch):
+    """Retraining the init stage rewrites final.pt under the same name: its Fisher must be recomputed."""
+    import synthasr.train.schedule as schedule
+    from synthasr.model import build_model
+
+    plan = validate_schedule(_write(tmp_path, _schedule(corpus)), exp_dir=tmp_path / "exp")
+    stage = plan.cfg.stages[1]
+    ckpt = tmp_path / "exp" / "general" / "final.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"weights of the first training")
+    model = build_model(dataclasses.replace(plan.train_cfgs["adapt"].model, vocab_size=plan.tokenizer.vocab_size))
+    computed = []
+
+    def fake_compute(plan, reg, model, train_cfg, local_rank=0):
+        computed.append(reg.fisher_seed)
+        return {"w": torch.full((2,), float(len(computed)))}
+
+    monkeypatch.setattr(schedule, "_compute_fisher", fake_compute)
+
+    def fisher():
+        return schedule._stage_fisher(plan, stage, 1, model, ckpt, plan.train_cfgs["adapt"], 0)["w"][0].item()
+
+    assert fisher() == 1.0 and fisher() == 1.0 and len(computed) == 1  # cached
+    ckpt.write_bytes(b"weights of a retrained stage")  # same file name, new content
+    assert fisher() == 2.0 and len(computed) == 2
+    stage.regularization.fisher_seed = 1  # another sample
+    assert fisher() == 3.0 and computed == [0, 0, 1]
+    assert [p.name for p in ckpt.parent.glob("*fisher*")] == ["fisher.pt"]
+
+
+def test_fisher_sample_is_a_seeded_shuffle_of_the_source(tmp_path, corpus):
+    from synthasr.data.dataset import sample_loader
+    from synthasr.data.features import FeatureConfig
+
+    cuts = CutSet.from_file(corpus["general"])
+
+    def ids(seed):
+        return [i for b in sample_loader(cuts, FeatureConfig(), max_duration=3.0, seed=seed) for i in b["cut_ids"]]
+
+    assert sorted(ids(0)) == sorted(c.id for c in cuts)
+    assert ids(0) == ids(0) and ids(0) != ids(1)
+    assert ids(0) != [c.id for c in cuts]

@@ -129,13 +129,20 @@ class FreezeConfig:
 
 @dataclass
 class RegularizationConfig:
-    """``lambda`` (YAML key) is a number or ``{module_prefix: number}``; ``""`` is the default prefix."""
+    """``lambda`` (YAML key) is a number or ``{module_prefix: number}``; ``""`` is the default prefix.
+
+    The Fisher sample: the utterances of the first ``fisher_batches`` batches (``fisher_max_duration``
+    seconds each, default the stage's ``max_duration``) of ``fisher_source`` shuffled with
+    ``fisher_seed``, at most ``fisher_utterances`` of them; one gradient per utterance.
+    """
 
     type: Literal["none", "ewc", "online_ewc", "l2sp"] = "none"
     lambda_: Union[float, Dict[str, float]] = 0.0
     fisher_source: Optional[str] = None
     fisher_batches: int = 50
     fisher_max_duration: Optional[float] = None
+    fisher_utterances: Optional[int] = None
+    fisher_seed: int = 0
     gamma: float = 1.0
 
 
@@ -408,6 +415,12 @@ def _validate_stage(path, where, i, stage, cfg, sources, eval_sets, train_cfg, t
                            f"unknown source {reg.fisher_source!r} (sources: {', '.join(sources)})")
             if reg.fisher_batches <= 0:
                 raise _err(path, f"{where}.regularization.fisher_batches", f"must be positive, got {reg.fisher_batches}")
+            if reg.fisher_utterances is not None and reg.fisher_utterances <= 0:
+                raise _err(path, f"{where}.regularization.fisher_utterances",
+                           f"must be positive, got {reg.fisher_utterances}")
+            if reg.fisher_max_duration is not None and not reg.fisher_max_duration > 0:
+                raise _err(path, f"{where}.regularization.fisher_max_duration",
+                           f"must be positive, got {reg.fisher_max_duration}")
         if not 0.0 <= reg.gamma <= 1.0:
             raise _err(path, f"{where}.regularization.gamma", f"must be in [0, 1], got {reg.gamma}")
         try:
@@ -449,38 +462,74 @@ def _skeleton(stage: StageConfig, train_cfg, tokenizer, path: Path, where: str):
 # Running
 # --------------------------------------------------------------------------------------------- #
 def run_schedule(path: PathLike, exp_dir: Optional[PathLike] = None, stages: Optional[Sequence[str]] = None) -> ScheduleResult:
-    """Validate everything, then run (or skip finished) stages in order, evaluate, and write the report."""
-    from synthasr.report import ReportError, write_report
+    """Validate everything, then run (or skip finished) stages in order, evaluate, and write the report.
+
+    Under torchrun every rank trains every stage (DDP); rank 0 alone builds assets, estimates the
+    Fisher, decodes and writes files, and the other ranks receive its results
+    (:mod:`synthasr.train.distributed`), so every rank returns the same :class:`ScheduleResult`.
+    """
+    from synthasr.train.distributed import schedule_ranks
 
     plan = validate_schedule(path, exp_dir, stages)
+    with schedule_ranks(_schedule_device(plan)) as ranks:
+        ranks.run_on_main(lambda: _write_resolved_schedule(plan), "writing schedule.yaml")
+        order = [s.name for s in plan.cfg.stages]
+        results: List[StageResult] = []
+        report = None
+        for stage in plan.selected:
+            results.append(_run_stage(plan, stage, order.index(stage.name), ranks))
+            report = ranks.run_on_main(lambda: _write_report(plan), "writing the report")
+    return ScheduleResult(plan.exp_dir, results, report)
+
+
+def _schedule_device(plan: _Plan) -> str:
+    """The ``train.device`` of the selected stages; under torchrun they must agree (one process group)."""
+    import os
+
+    devices = sorted({plan.train_cfgs[s.name].device for s in plan.selected})
+    if len(devices) > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise _err(plan.path, "train.device", f"the stages run on different devices ({', '.join(devices)}); "
+                                              "a torchrun schedule needs one")
+    return devices[0]
+
+
+def _write_resolved_schedule(plan: _Plan) -> None:
+    import yaml
+
     plan.exp_dir.mkdir(parents=True, exist_ok=True)
     with atomic_write(plan.exp_dir / "schedule.yaml") as f:
-        import yaml
-
         yaml.safe_dump(to_dict(plan.cfg), f, sort_keys=False)
-    order = [s.name for s in plan.cfg.stages]
-    results: List[StageResult] = []
-    report = None
-    for stage in plan.selected:
-        index = order.index(stage.name)
-        results.append(_run_stage(plan, stage, index))
-        try:
-            report = write_report(plan.exp_dir, baseline=plan.cfg.baseline)
-        except ReportError as e:  # e.g. the named baseline has not been evaluated yet
-            log.warning("report not written yet: %s", e)
-    return ScheduleResult(plan.exp_dir, results, report)
+
+
+def _write_report(plan: _Plan) -> Optional[Dict[str, Any]]:
+    from synthasr.report import ReportError, write_report
+
+    try:
+        report = write_report(plan.exp_dir, baseline=plan.cfg.baseline)
+    except ReportError as e:  # e.g. the named baseline has not been evaluated yet
+        log.warning("report not written yet: %s", e)
+        return None
+    log.info("report written to %s", plan.exp_dir)
+    return report
 
 
 def _stage_done(stage_dir: Path) -> bool:
     return (stage_dir / "final.pt").is_file() and (stage_dir / "eval.json").is_file()
 
 
-def _run_stage(plan: _Plan, stage: StageConfig, index: int) -> StageResult:
+def _finished_results(stage_dir: Path) -> Optional[Dict[str, Dict[str, Any]]]:
+    """The eval results of a stage finished in an earlier run (None when it must run)."""
+    if not _stage_done(stage_dir):
+        return None
+    return json.loads((stage_dir / "eval.json").read_text(encoding="utf-8"))["results"]
+
+
+def _run_stage(plan: _Plan, stage: StageConfig, index: int, ranks) -> StageResult:
     stage_dir = plan.exp_dir / stage.name
-    if _stage_done(stage_dir):
+    earlier = ranks.run_on_main(lambda: _finished_results(stage_dir), f"checking stage {stage.name}")
+    if earlier is not None:
         log.info("stage %s: finished earlier, skipping", stage.name)
-        data = json.loads((stage_dir / "eval.json").read_text(encoding="utf-8"))
-        return StageResult(stage.name, stage_dir, stage_dir / "final.pt", data["results"], skipped=True)
+        return StageResult(stage.name, stage_dir, stage_dir / "final.pt", earlier, skipped=True)
     import torch
 
     from synthasr.train.freeze import freeze, resolve_freeze_patterns
@@ -490,18 +539,21 @@ def _run_stage(plan: _Plan, stage: StageConfig, index: int) -> StageResult:
     init_ckpt = _init_checkpoint(plan, stage, index)
     torch.manual_seed(train_cfg.seed)
     model = _build_init_model(train_cfg, plan.tokenizer, init_ckpt)
-    regularizer = _make_regularizer(plan, stage, index, model, init_ckpt, train_cfg)
+    regularizer = _make_regularizer(plan, stage, index, model, init_ckpt, train_cfg, ranks)
     patterns = resolve_freeze_patterns(model, stage.freeze.patterns, stage.freeze.encoder_layers_trainable)
     report = freeze(model, patterns, eval_mode=stage.freeze.eval_mode)
     log.info("stage %s: %s", stage.name, report.summary())
-    cached = _encoder_cache_sources(plan, stage, model, train_cfg) if stage.encoder_cache else None
-    train_cuts = _stage_cuts(plan, stage, train_cfg.seed + index, sources=cached)
+    cached = ranks.main_first(lambda: _encoder_cache_sources(plan, stage, model, train_cfg),
+                              "caching encoder outputs") if stage.encoder_cache else None
+    train_cuts = _stage_cuts(plan, stage, train_cfg.seed + index, sources=cached, ranks=ranks)
     dev = plan.eval_sets[stage.dev] if stage.dev else None
     meta = {"stage": stage.name, "stage_index": index, "schedule": str(plan.path), "init": str(init_ckpt or "scratch")}
     final = fit(train_cfg, stage_dir, train_cuts, dev, plan.tokenizer, model=model, regularizer=regularizer,
                 eval_mode_modules=report.eval_mode_modules, source_key=MIX_SOURCE_KEY, meta=meta,
                 inputs="encoder_out" if stage.encoder_cache else "features")
-    results = _evaluate_stage(plan, stage, index, Path(final))
+    ranks.barrier()  # rank 0 has written final.pt before anyone reads it
+    results = ranks.run_on_main(lambda: _evaluate_stage(plan, stage, index, Path(final), ranks.local_rank),
+                                f"evaluating stage {stage.name}")
     return StageResult(stage.name, stage_dir, Path(final), results, skipped=False)
 
 
@@ -585,25 +637,29 @@ def _build_init_model(train_cfg, tokenizer, ckpt_path: Optional[Path]):
     return model
 
 
-def _stage_cuts(plan: _Plan, stage: StageConfig, seed: int, sources: Optional[Dict[str, Any]] = None):
-    """Per-source augmentation, then weighted mixing (tagged with the source name)."""
-    from synthasr.augment import augment_cuts
+def _stage_cuts(plan: _Plan, stage: StageConfig, seed: int, sources: Optional[Dict[str, Any]] = None, ranks=None):
+    """Weighted mixing (tagged with the source name), then per-source augmentation.
+
+    Augmenting after mixing keys every random draw by the mixed cut's id (``_rep<k>`` copies differ)
+    and by the epoch (the returned CutSet is epoch-aware), see :mod:`synthasr.augment`.
+    """
+    from synthasr.augment import augment_sources
     from synthasr.data.mixing import mix_sources
 
-    noise, rirs = _assets(plan, stage)
+    build_assets = lambda: _assets(plan, stage)  # noqa: E731 - rank 0 writes them, the others read its files
+    noise, rirs = ranks.main_first(build_assets, "building noise/RIR assets") if ranks else build_assets()
     used = {n: (sources or plan.sources)[n] for n, w in stage.data.items() if w > 0}
-    augmented = {
-        name: augment_cuts(cuts, stage.augment.get(name, AugmentConfig()), seed=seed + i, noise_cuts=noise, rirs=rirs)
-        for i, (name, cuts) in enumerate(sorted(used.items()))
-    }
     weights = {n: stage.data[n] for n in used}
-    if len(augmented) == 1 and stage.num_cuts is None:  # a single source: one plain pass, no resampling
+    if len(used) == 1 and stage.num_cuts is None:  # a single source: one plain pass, no resampling
         from lhotse import CutSet
         from lhotse.lazy import LazyMapper
 
-        ((name, cuts),) = augmented.items()
-        return CutSet(LazyMapper(cuts, fn=_SourceTagger(name)))
-    return mix_sources(augmented, weights, seed=seed, num_cuts=stage.num_cuts, tag_key=MIX_SOURCE_KEY)
+        ((name, cuts),) = used.items()
+        mixed = CutSet(LazyMapper(cuts, fn=_SourceTagger(name)))
+    else:
+        mixed = mix_sources(used, weights, seed=seed, num_cuts=stage.num_cuts, tag_key=MIX_SOURCE_KEY)
+    configs = {n: stage.augment[n] for n in used if n in stage.augment}
+    return augment_sources(mixed, configs, seed=seed, source_key=MIX_SOURCE_KEY, noise_cuts=noise, rirs=rirs)
 
 
 class _SourceTagger:
@@ -633,9 +689,13 @@ def _assets(plan: _Plan, stage: StageConfig):
     return noise, rirs
 
 
-def _make_regularizer(plan: _Plan, stage: StageConfig, index: int, model, init_ckpt: Optional[Path], train_cfg):
-    """EWC / online EWC / L2-SP anchored at the stage's initial weights (computed before freezing)."""
-    from synthasr.train.regularization import EWC, L2SP, consolidate_fisher, fisher_cached, load_fisher, save_fisher, snapshot
+def _make_regularizer(plan: _Plan, stage: StageConfig, index: int, model, init_ckpt: Optional[Path], train_cfg,
+                      ranks=None):
+    """EWC / online EWC / L2-SP anchored at the stage's initial weights (computed before freezing).
+
+    Rank 0 estimates the Fisher (or reads its cache) on its own device; the other ranks receive it.
+    """
+    from synthasr.train.regularization import EWC, L2SP, snapshot
 
     reg = stage.regularization
     if reg.type == "none":
@@ -643,20 +703,61 @@ def _make_regularizer(plan: _Plan, stage: StageConfig, index: int, model, init_c
     anchor = snapshot(model)
     if reg.type == "l2sp":
         return L2SP(model, anchor, reg.lambda_)
+    local_rank = ranks.local_rank if ranks else 0
+    compute = lambda: _stage_fisher(plan, stage, index, model, init_ckpt, train_cfg, local_rank)  # noqa: E731
+    fisher = ranks.run_on_main(compute, f"estimating the Fisher of stage {stage.name}") if ranks else compute()
+    return EWC(model, anchor, fisher, reg.lambda_)
+
+
+def _stage_fisher(plan: _Plan, stage: StageConfig, index: int, model, init_ckpt: Path, train_cfg, local_rank: int):
+    """The Fisher a stage trains with, cached next to its init checkpoint and keyed by content."""
+    from synthasr.train.regularization import consolidate_fisher, fisher_cached, load_fisher, save_fisher
+
+    reg = stage.regularization
     fisher_path = init_ckpt.parent / ("fisher.pt" if init_ckpt.name == "final.pt" else f"{init_ckpt.stem}.fisher.pt")
-    meta = {"checkpoint": init_ckpt.name, "source": reg.fisher_source, "batches": reg.fisher_batches,
-            "max_duration": reg.fisher_max_duration or train_cfg.data.max_duration}
-    fisher = fisher_cached(fisher_path, lambda: _compute_fisher(plan, reg, model, train_cfg), meta)
+    meta = _fisher_meta(plan, reg, init_ckpt, train_cfg)
+    fisher = fisher_cached(fisher_path, lambda: _compute_fisher(plan, reg, model, train_cfg, local_rank), meta)
     if reg.type == "online_ewc":
-        stage_dir = plan.exp_dir / stage.name
-        online_path = stage_dir / "fisher_online.pt"
+        online_path = plan.exp_dir / stage.name / "fisher_online.pt"
         if online_path.is_file():  # resumed stage: reuse exactly what it trained with
             fisher, _ = load_fisher(online_path)
         else:
             prev = _previous_online_fisher(plan, index)
             fisher = consolidate_fisher(prev, fisher, reg.gamma)
             save_fisher(online_path, fisher, {"gamma": reg.gamma, **meta})
-    return EWC(model, anchor, fisher, reg.lambda_)
+    return fisher
+
+
+FISHER_ESTIMATOR = "per-utterance-v2"  # change when the estimate changes meaning: older caches are recomputed
+
+
+def _fisher_meta(plan: _Plan, reg: RegularizationConfig, init_ckpt: Path, train_cfg) -> Dict[str, Any]:
+    """What a Fisher depends on, by content: the init weights, the source manifests and every setting,
+    so retraining the init stage (same file name, new weights) never reuses a stale Fisher."""
+    import hashlib
+
+    spec = plan.cfg.base.sources[reg.fisher_source]
+    spec = SourceConfig(cuts=spec) if isinstance(spec, list) else spec
+    settings = {
+        "estimator": FISHER_ESTIMATOR, "batches": reg.fisher_batches, "utterances": reg.fisher_utterances,
+        "seed": reg.fisher_seed, "max_duration": reg.fisher_max_duration or train_cfg.data.max_duration,
+        "loss": to_dict(train_cfg.loss), "features": to_dict(train_cfg.features), "domain": spec.domain,
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for path in [init_ckpt, *spec.cuts]:
+        digest.update(_file_digest(Path(path)).encode())
+    return {"key": digest.hexdigest(), "checkpoint": str(init_ckpt), "source": reg.fisher_source,
+            **{k: settings[k] for k in ("estimator", "batches", "utterances", "seed", "max_duration")}}
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _previous_online_fisher(plan: _Plan, index: int):
@@ -674,22 +775,25 @@ def _previous_online_fisher(plan: _Plan, index: int):
     return None
 
 
-def _compute_fisher(plan: _Plan, reg: RegularizationConfig, model, train_cfg):
+def _compute_fisher(plan: _Plan, reg: RegularizationConfig, model, train_cfg, local_rank: int = 0):
     import torch
 
-    from synthasr.data.dataset import dev_loader
+    from synthasr.data.dataset import sample_loader
     from synthasr.train.regularization import estimate_fisher, rnnt_frame_loss
 
-    device = torch.device("cuda" if train_cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
-    model.to(device)
-    loader = dev_loader(plan.sources[reg.fisher_source], train_cfg.features,
-                        reg.fisher_max_duration or train_cfg.data.max_duration)
-    fisher = estimate_fisher(model, loader, rnnt_frame_loss(plan.tokenizer, train_cfg.loss), reg.fisher_batches)
-    model.to("cpu")
-    return fisher
+    use_cuda = train_cfg.device != "cpu" and torch.cuda.is_available()
+    model.to(torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"))
+    loader = sample_loader(plan.sources[reg.fisher_source], train_cfg.features,
+                           reg.fisher_max_duration or train_cfg.data.max_duration, seed=reg.fisher_seed)
+    try:
+        return estimate_fisher(model, loader, rnnt_frame_loss(plan.tokenizer, train_cfg.loss), reg.fisher_batches,
+                               max_utterances=reg.fisher_utterances)
+    finally:
+        model.to("cpu")
 
 
-def _evaluate_stage(plan: _Plan, stage: StageConfig, index: int, final: Path) -> Dict[str, Dict[str, Any]]:
+def _evaluate_stage(plan: _Plan, stage: StageConfig, index: int, final: Path,
+                    local_rank: int = 0) -> Dict[str, Dict[str, Any]]:
     import torch
 
     from synthasr.checkpoint import load_checkpoint
@@ -698,7 +802,9 @@ def _evaluate_stage(plan: _Plan, stage: StageConfig, index: int, final: Path) ->
     from synthasr.model import build_model
 
     dec = plan.cfg.base.decode
-    device = "cuda" if dec.device == "cuda" or (dec.device == "auto" and torch.cuda.is_available()) else "cpu"
+    use_cuda = dec.device == "cuda" or (dec.device == "auto" and torch.cuda.is_available())
+    device = f"cuda:{local_rank}" if use_cuda else "cpu"
+    log.info("stage %s: decoding on %s", stage.name, device)
     ckpt = load_checkpoint(final)
     model = build_model(ckpt["model_config"])
     model.load_state_dict(ckpt["model"])
