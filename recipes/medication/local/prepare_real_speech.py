@@ -21,9 +21,12 @@ Outputs in ``--out-dir`` (all written atomically; the manifests pass lhotse's va
 * ``general_real.jsonl`` (``{"id", "text", "raw", "speaker", "corpus"}``) and
   ``general_real_summary.json`` (counts, minutes, speakers, drops per reason; written last).
 
-No recording is cut: every kept recording is shorter than ``--max-duration``, and a recording longer
-than that is dropped (and counted), because none of these transcripts carries the timings that would
-let it be cut at a sentence boundary exactly. Transcript entries that describe a sound instead of
+A recording longer than ``--max-duration`` is cut at sentence boundaries only when that is
+unambiguous: some minimum pause length splits it into exactly as many speech stretches as its
+transcript has sentences, each of a plausible length for its words. Otherwise it is dropped (and
+counted): these transcripts carry no timings. With the packaged data, the three Asterisk prompts over
+30 s fail that test (a short first sentence is followed by a pause no longer than pauses inside
+sentences) and are dropped; everything else is shorter than 30 s and kept whole. Transcript entries that describe a sound instead of
 words (``[beep tone]``, ``(10 seconds of silence)``, ``<beep ascending>``) are dropped, as is text the
 normalizer cannot read. A missing package, a transcript list whose entries do not match the audio
 files, or a manifest that fails validation stops with a one-line error; ``--optional`` turns that
@@ -108,9 +111,12 @@ ASTERISK_SPEAKER = "asterisk-allison-smith"
 ASTERISK_TEXT_WITHOUT_AUDIO = frozenset({"pls-try-call-later"})
 # Entries that describe a sound or carry an editor's note instead of (only) the spoken words.
 ANNOTATION_RE = re.compile(r"[\[\]()<>]")
-# What the prompts say for keypad symbols, and a misspelling in the list (the audio says "fortieth").
+# What the prompts say for keypad symbols, and the list's misspellings of English words (text-only
+# fixes: each is a non-word in the list, corrected to the word it misspells).
+ASTERISK_MISSPELLINGS = {"fourtieth": "fortieth", "umute": "unmute", "represenatives": "representatives",
+                         "indentified": "identified", "witheld": "withheld"}
 ASTERISK_SPOKEN_FORMS = ((re.compile(r"\*"), " star "), (re.compile(r"#"), " pound "),
-                         (re.compile(r"\bfourtieth\b"), "fortieth"))
+                         *((re.compile(rf"\b{wrong}\b"), right) for wrong, right in ASTERISK_MISSPELLINGS.items()))
 
 
 def parse_asterisk_list(path: Path) -> Dict[str, str]:
