@@ -196,6 +196,16 @@ def transcribe_options(beam_size: int, bias: Optional[Tuple[str, str]]) -> dict:
     return options
 
 
+def result_row(res: SetResult, wer) -> dict:
+    """One set/setting's summary: WER and counts, audio duration, wall and CPU-time RTF."""
+    per_audio = (lambda seconds: round(seconds / res.audio_seconds, 4)) if res.audio_seconds else (lambda _: None)
+    return {"wer": round(wer.wer, 2), "num_utts": len(res.pairs), "ref_words": wer.word.ref_words,
+            "errors": wer.word.errors, "audio_seconds": round(res.audio_seconds, 2),
+            "decode_seconds": round(res.decode_seconds, 2), "cpu_seconds": round(res.cpu_seconds, 2),
+            "rtf": per_audio(res.decode_seconds), "cpu_rtf": per_audio(res.cpu_seconds),
+            "dropped_hyp_characters": res.dropped_characters}
+
+
 def parse_sets(values: Sequence[str]) -> Dict[str, Path]:
     sets: Dict[str, Path] = {}
     for value in values:
@@ -225,7 +235,8 @@ def run(sets: Dict[str, Path], out_dir: Path, hotwords_file: Optional[Path], bia
         fitted = names_that_fit(names, lambda text: model.hf_tokenizer.encode(text, add_special_tokens=False).ids)
         if not fitted:
             raise PeerError(f"{hotwords_file}: the first name does not fit in {PROMPT_TOKEN_LIMIT} prompt tokens")
-        settings.append((f"{settings[0][0]}-hotwords", (bias_key, " ".join(fitted))))
+        label = "hotwords" if bias_key == "hotwords" else "prompt"
+        settings.append((f"{settings[0][0]}-{label}", (bias_key, " ".join(fitted))))
         bias_info = {"file": str(hotwords_file), "names_in_file": len(names), "names_used": len(fitted),
                      "mechanism": bias_key, "token_limit": PROMPT_TOKEN_LIMIT}
     ensure_dir(out_dir)
@@ -238,13 +249,7 @@ def run(sets: Dict[str, Path], out_dir: Path, hotwords_file: Optional[Path], bia
             except ScoreError as e:
                 raise PeerError(f"{sets[name]}: {e}") from None
             write_results(out_dir, name, suffix, wer)
-            row = {"wer": round(wer.wer, 2), "num_utts": len(res.pairs), "ref_words": wer.word.ref_words,
-                   "errors": wer.word.errors, "audio_seconds": round(res.audio_seconds, 2),
-                   "decode_seconds": round(res.decode_seconds, 2),
-                   "cpu_seconds": round(res.cpu_seconds, 2),
-                   "rtf": round(res.decode_seconds / res.audio_seconds, 4) if res.audio_seconds else None,
-                   "cpu_rtf": round(res.cpu_seconds / res.audio_seconds, 4) if res.audio_seconds else None,
-                   "dropped_hyp_characters": res.dropped_characters}
+            row = result_row(res, wer)
             results.setdefault(name, {})[suffix] = row
             log(f"[whisper_peer] {name} {suffix}: WER {row['wer']:.2f} % on {row['num_utts']} utts, "
                 f"RTF {row['rtf']} (wall), {row['cpu_rtf']} (CPU time; {threads} thread(s), {compute_type})")
