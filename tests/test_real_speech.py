@@ -28,6 +28,8 @@ ASTERISK = {  # name -> (transcript, seconds or None: listed without audio)
     "silence/1": ("(1 second of silence)", 1.0),
     "conf-adminmenu": ("Please press 1 to mute or unmute yourself, or 8 to exit.", 1.5),
     "pls-try-call-later": ("Please try your call later.", None),  # upstream ships no audio for it
+    "spy-iax": ("IAX", 0.4),  # acronym: letters or a word? -> dropped
+    "spy-h323": ("H.323", 0.5),  # "h point three two three" or "h three twenty three"? -> dropped
 }
 SPHINX = {
     "librivox": ("transcription", "fileids", [("book-0870", "he was not an ill disposed young man", 1.1),
@@ -104,6 +106,7 @@ def test_prepare_writes_valid_16k_manifests_with_real_tags(tree: Path, tmp_path:
     summary = json.loads((out / "general_real_summary.json").read_text())
     assert summary["utterances"] == 7 and summary["speakers"] == 3
     assert summary["dropped"]["not_words"]["count"] == 2
+    assert sorted(summary["dropped"]["ambiguous_reading"]["examples"]) == ["asterisk-spy-h323", "asterisk-spy-iax"]
     lines = (out / "general_real.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["raw"] == "Thank you."
 

@@ -25,12 +25,16 @@ A recording longer than ``--max-duration`` is cut at sentence boundaries only wh
 unambiguous: some minimum pause length splits it into exactly as many speech stretches as its
 transcript has sentences, each of a plausible length for its words. Otherwise it is dropped (and
 counted): these transcripts carry no timings. With the packaged data, the three Asterisk prompts over
-30 s fail that test (a short first sentence is followed by a pause no longer than pauses inside
-sentences) and are dropped; everything else is shorter than 30 s and kept whole. Transcript entries that describe a sound instead of
-words (``[beep tone]``, ``(10 seconds of silence)``, ``<beep ascending>``) are dropped, as is text the
-normalizer cannot read. A missing package, a transcript list whose entries do not match the audio
-files, or a manifest that fails validation stops with a one-line error; ``--optional`` turns that
-into a warning and exit status 0 (stale outputs are removed so later stages skip the set).
+30 s all fail that test (a short first sentence is followed by a pause no longer than pauses inside
+sentences); two of them are dropped earlier for acronyms anyway. Everything kept is shorter than 30 s
+and kept whole.
+
+Also dropped (and counted): transcript entries that describe a sound instead of words (``[beep
+tone]``, ``(10 seconds of silence)``, ``<beep ascending>``), text the normalizer cannot read, and
+Asterisk entries with acronyms or names like ``H.323`` (read as letters or as a word: the normalized
+text would score only one reading). A missing package, a transcript list whose entries do not match
+the audio files, or a manifest that fails validation stops with a one-line error; ``--optional``
+turns that into a warning and exit status 0 (stale outputs are removed so later stages skip the set).
 """
 from __future__ import annotations
 
@@ -111,6 +115,9 @@ ASTERISK_SPEAKER = "asterisk-allison-smith"
 ASTERISK_TEXT_WITHOUT_AUDIO = frozenset({"pls-try-call-later"})
 # Entries that describe a sound or carry an editor's note instead of (only) the spoken words.
 ANNOTATION_RE = re.compile(r"[\[\]()<>]")
+# Acronyms (PBX, IAX, DAHDI) and names like H.323 are read as letters or as a word: the normalized
+# transcript would score only one of the readings, so such entries are left out.
+AMBIGUOUS_READING_RE = re.compile(r"\b[A-Z]{2,}\b|\b[A-Za-z]+\.\d")
 # What the prompts say for keypad symbols, and the list's misspellings of English words (text-only
 # fixes: each is a non-word in the list, corrected to the word it misspells).
 ASTERISK_MISSPELLINGS = {"fourtieth": "fortieth", "umute": "unmute", "represenatives": "representatives",
@@ -163,6 +170,9 @@ def read_asterisk(root: Path, drops: DropLog) -> List[Utterance]:
         utt_id = "asterisk-" + name.replace("/", "-")
         if ANNOTATION_RE.search(entries[name]):
             drops.add("not_words", utt_id)
+            continue
+        if AMBIGUOUS_READING_RE.search(entries[name]):
+            drops.add("ambiguous_reading", utt_id)
             continue
         utterances.append(Utterance(utt_id, audio[name], asterisk_spoken_text(entries[name]), ASTERISK_SPEAKER,
                                     "asterisk-core-sounds-en"))
