@@ -152,7 +152,7 @@ def test_bad_transcription_line_names_file_and_line(tmp_path: Path):
 
 
 def test_manifest_failing_lhotse_validation_is_one_line_error(tree: Path, tmp_path: Path):
-    from lhotse import CutSet, RecordingSet, SupervisionSet
+    from lhotse import CutSet, SupervisionSet
     from lhotse.utils import fastcopy
 
     recs, sups, _ = R.build_manifests(R.read_pocketsphinx(tree, R.DropLog()), tmp_path, 30.0, R.DropLog())
