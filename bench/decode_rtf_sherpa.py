@@ -23,6 +23,10 @@ alternate so load from other processes hits both alike), audio already in memory
 
 Two modes: ``sequential`` (one utterance per call: latency-style serving) and ``batched`` (all
 utterances in one call: ``transcribe(list)`` / ``decode_streams``). RTF = seconds / audio seconds.
+Sequential mode also times sherpa-onnx on the ``--int8`` files against its fp32 files (alternating the
+same way), counts the utterances whose int8 transcript equals the fp32 one and scores the int8
+transcripts against the fp32 ones (CER, %). Int8 speed depends on the
+CPU's integer instructions (VNNI or not), so the JSON records the CPU model and its int8-relevant flags.
 Targets: synthasr within 1.5x of sherpa-onnx (sequential mode, each thread count); sherpa-onnx on our
 model RTF <= 0.02 on one thread.
 
@@ -197,10 +201,28 @@ def ours_runner(bundle, audio: List[np.ndarray], batched: bool) -> Callable[[], 
     return run
 
 
+def cpu_description() -> str:
+    """CPU model name and the flags that select onnxruntime's int8 kernels (from /proc/cpuinfo)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return platform.processor() or "unknown"
+    fields: Dict[str, str] = {}
+    for line in info.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    model = fields.get("model name", "unknown")
+    flags = set(fields.get("flags", "").split())
+    wanted = ("avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+    return f"{model}; int8-relevant flags: {' '.join(f for f in wanted if f in flags) or 'none'}"
+
+
 def bench_threads(threads: int, exported, checkpoint: Path, audio: List[np.ndarray], repeats: int) -> Dict:
     import sherpa_onnx
 
     from synthasr.decode.bundle import ASRBundle
+    from synthasr.score import compute_wer
 
     torch.set_num_threads(threads)
     bundle = ASRBundle.from_checkpoint(checkpoint)
@@ -223,6 +245,21 @@ def bench_threads(threads: int, exported, checkpoint: Path, audio: List[np.ndarr
             "identical_transcripts": sum(a == b for a, b in zip(ours_text, theirs_text)),
             "words_emitted": sum(len(t.split()) for t in ours_text),
         }
+    int8 = sherpa_onnx.OfflineRecognizer.from_transducer(
+        **exported.files(int8=True), num_threads=threads, sample_rate=SAMPLE_RATE, feature_dim=exported.feature_dim,
+        decoding_method="greedy_search")
+    fp32_fn, int8_fn = sherpa_runner(recognizer, audio, False), sherpa_runner(int8, audio, False)
+    fp32_text, int8_text = fp32_fn(), int8_fn()
+    fp32_s, int8_s = paired_median_seconds(fp32_fn, int8_fn, repeats)
+    out["sequential"].update({
+        "sherpa_onnx_int8_seconds": round(int8_s, 4),
+        "sherpa_onnx_int8_rtf": round(int8_s / seconds, 5),
+        "sherpa_onnx_int8_over_fp32": round(int8_s / fp32_s, 3),
+        "int8_transcripts_identical_to_fp32": sum(a == b for a, b in zip(fp32_text, int8_text)),
+        # a random model's transcripts hinge on tiny logit margins, so also how far apart they are
+        "int8_cer_against_fp32": round(compute_wer(
+            (f"u{i}", ref, hyp) for i, (ref, hyp) in enumerate(zip(fp32_text, int8_text))).cer, 2),
+    })
     return out
 
 
@@ -253,7 +290,7 @@ def main() -> None:
         results: Dict[str, Dict] = {}
         for name, checkpoint in checkpoints.items():
             torch.set_num_threads(1)
-            exported = export_onnx(checkpoint, work / f"onnx_{name}")
+            exported = export_onnx(checkpoint, work / f"onnx_{name}", int8=True)
             results[name] = {"emitted_tokens_per_frame": round(emission_rate(ASRBundle.from_checkpoint(checkpoint),
                                                                              audio), 3)}
             for n in args.threads:
@@ -283,6 +320,7 @@ def main() -> None:
                      "python": platform.python_version()},
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads max, "
                    f"{len(__import__('os').sched_getaffinity(0))} cpus visible",
+        "cpu": cpu_description(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(args.out) as f:

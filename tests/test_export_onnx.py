@@ -183,3 +183,56 @@ def test_cli_exports_and_reports_errors_in_one_line(tmp_path, tokenizer):
                                "--out-dir", str(tmp_path / "y")])
     assert lstm.exit_code == 1
     assert len(lstm.output.strip().splitlines()) == 1 and "decoder_type='lstm'" in lstm.output
+
+
+def test_int8_export_refuses_weights_that_saturate_without_vnni(tmp_path, tokenizer, monkeypatch):
+    """Full-range int8 weights (what the export used to write) overflow VPMADDUBSW's int16 pairs on x86
+    CPUs without VNNI; the export's int8 check refuses them on every CPU, not only where they break."""
+    import synthasr.export.int8 as int8
+
+    monkeypatch.setattr(int8, "REDUCE_RANGE", False)
+    with pytest.raises(ExportError, match=r"int8 weights up to 127: pairs of u8\*s8 products reach 64770 > 32767"):
+        export_onnx(_checkpoint(tmp_path / "m.pt", tokenizer), tmp_path / "onnx", int8=True)
+    assert not any((tmp_path / "onnx").iterdir())
+
+
+def _dynamic_quantize(x: np.ndarray):
+    """ONNX DynamicQuantizeLinear: uint8 values, scale and zero point of the whole tensor."""
+    scale = (max(float(x.max()), 0.0) - min(float(x.min()), 0.0)) / 255
+    zero_point = int(np.clip(np.rint(-min(float(x.min()), 0.0) / scale), 0, 255))
+    return np.clip(np.rint(x / scale) + zero_point, 0, 255).astype(np.int64), scale, zero_point
+
+
+def _u8s8_matmul(a: np.ndarray, zero_point: int, q: np.ndarray, saturate: bool) -> np.ndarray:
+    """Integer ``(a - zero_point) @ q`` as a VPMADDUBSW kernel forms it: raw u8*s8 products of
+    neighbouring k summed in pairs (clipped to int16 when ``saturate``), then the zero point removed."""
+    products = a[:, :, None] * q[None].astype(np.int64)
+    pairs = products[:, 0::2] + products[:, 1::2]
+    if saturate:
+        pairs = np.clip(pairs, -32768, 32767)
+    return pairs.sum(1) - zero_point * q.astype(np.int64).sum(0)[None]
+
+
+@pytest.mark.parametrize("levels", [127, 64])
+def test_quantization_error_bound_flags_int16_saturation(levels):
+    """The bound that the int8 check applies holds for exact integer products and is exceeded by the
+    saturated sums a non-VNNI u8s8 kernel produces from full-range int8 weights (levels=127), while
+    7-bit weights (levels=64, the export's reduce_range) never saturate. Pure numpy: any CPU."""
+    from synthasr.export.int8 import QuantizedWeight, matmul_error_ratio
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 30)).astype(np.float32)
+    w[:2, 0] = np.abs(w).max()  # two neighbouring large weights of one sign: a pair that can overflow
+    scale = np.float32(np.abs(w).max() / levels)
+    q = np.clip(np.rint(w / scale), -levels, levels).astype(np.int8)
+    weight = QuantizedWeight("w_quantized", "w", q, scale, np.zeros((), np.int8), w)
+    x = np.tanh(2 * rng.standard_normal((6, 64))).astype(np.float32)
+    x[0] = np.sign(w[:, 0])  # tanh outputs at +-1: uint8 255 exactly where the weights are positive
+    a, x_scale, zero_point = _dynamic_quantize(x)
+    exact = (_u8s8_matmul(a, zero_point, q, saturate=False) * (x_scale * scale)).astype(np.float32)
+    saturated = (_u8s8_matmul(a, zero_point, q, saturate=True) * (x_scale * scale)).astype(np.float32)
+    assert matmul_error_ratio(x, exact, weight) <= 1.0
+    if levels == 127:
+        assert matmul_error_ratio(x, saturated, weight) > 1.0
+    else:
+        np.testing.assert_array_equal(saturated, exact)
