@@ -22,7 +22,7 @@ def trained():
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     cfg = LossConfig(kind="full")
     first = None
-    for _ in range(400):
+    for _ in range(1500):  # stops early (~300 steps measured); the cap is not a tuned number
         loss = model(x, x_lens, TARGETS, cfg)["loss"]
         first = loss.item() if first is None else first
         opt.zero_grad()
