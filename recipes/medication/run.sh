@@ -24,14 +24,14 @@ corpus_dir=
 stage_names=(
   "0:prepare_text:medication names + carrier sentences, general-domain sentences"
   "1:voices:split TTS voices into disjoint train / held-out test pools"
-  "2:tts_general:synthesize general-domain text (train/held-out voices), or with --general-corpus: a local LibriSpeech copy"
+  "2:tts_general:synthesize general-domain text (train/held-out voices), or with --general-corpus: a local LibriSpeech copy; real-speech test set (evaluation only)"
   "3:tts_medication:synthesize medication text (train voices; held-out voices for dev/test/unseen)"
-  "4:fbank:80-dim fbank features (lilcom) for every manifest"
+  "4:fbank:80-dim features (fbank, or Whisper log-mel: features.type) for every manifest"
   "5:bpe:sentencepiece BPE on general-domain training text (the baseline's units)"
   "6:baseline:train the general-domain baseline RNN-T (schedule stage 'general')"
   "7:adapt:multi-stage adaptation: weighted mixing + augmentation + freezing + EWC"
   "8:ablation:ablation stages from the baseline: synthetic-only, +mixing, +augmentation"
-  "9:decode:modified beam search with and without medication hotword biasing"
+  "9:decode:modified beam search with and without medication hotword biasing; Whisper tiny.en peer row"
   "10:export:pretrained.pt (+ ONNX for sherpa-onnx)"
   "11:report:report.json/md/png and RESULTS.md"
 )
@@ -145,8 +145,10 @@ fi
 if should_run 1 voices; then
   holdout_args=()
   for h in $(conf tts.holdout ""); do holdout_args+=(--holdout "$h"); done
+  exclude_args=()  # voice settings a real-speech recognizer cannot read (measured: local/probe_voices.py)
+  for x in $(conf tts.exclude ""); do exclude_args+=(--exclude "$x"); done
   synthasr tts-voices split --engines "$engines" --test-fraction "$(conf tts.test_voice_fraction)" \
-    "${holdout_args[@]}" --seed "$seed" \
+    "${holdout_args[@]}" "${exclude_args[@]}" --seed "$seed" \
     --train-out "$data/voices/train_voices.txt" --test-out "$data/voices/test_voices.txt"
   log "voices: $(wc -l < "$data/voices/train_voices.txt") train, $(wc -l < "$data/voices/test_voices.txt") held-out test"
   mark_done 1 voices
@@ -187,6 +189,12 @@ if should_run 2 "$general_stage"; then
     tts general_dev general "$data/voices/test_voices.txt" "$(conf tts.num_test_voices)"
     tts general_test general "$data/voices/test_voices.txt" "$(conf tts.num_test_voices)"
   fi
+  if [ "$(conf real_speech.enabled false)" = true ]; then
+    # Real human speech: evaluation only (never trained on, never used to tune data generation).
+    real_args=(--out-dir "$data/real" --sources "$(conf real_speech.sources | tr ' ' ',')")
+    [ "$(conf real_speech.optional true)" = true ] && real_args+=(--optional)
+    $PYTHON local/prepare_real_speech.py "${real_args[@]}" 2>&1 | tee "$exp/log/prepare_real_speech.log"
+  fi
   mark_done 2 "$general_stage"
 fi
 
@@ -198,11 +206,19 @@ if should_run 3 tts_medication; then
   mark_done 3 tts_medication
 fi
 
+# real_cuts: the real-speech test set's manifest when stage 2 made one (it is optional).
+real_cuts() { local f=$data/real/general_real_cuts.jsonl.gz; [ -f "$f" ] && echo "$f" || true; }
+
 if should_run 4 fbank; then
+  printf 'type: %s\n' "$(conf features.type fbank)" > "$data/features.yaml"
   for part in general_train general_dev general_test med_train med_dev med_test med_test_unseen; do
     synthasr compute-fbank --cuts "$data/tts/${part}_cuts.jsonl.gz" --out-dir "$data/fbank" --prefix "$part" \
-      --num-jobs "$num_jobs"
+      --num-jobs "$num_jobs" --feature-config "$data/features.yaml"
   done
+  if [ -n "$(real_cuts)" ]; then
+    synthasr compute-fbank --cuts "$(real_cuts)" --out-dir "$data/fbank" --prefix general_real \
+      --num-jobs "$num_jobs" --feature-config "$data/features.yaml"
+  fi
   mark_done 4 fbank
 fi
 
@@ -247,17 +263,31 @@ if should_run 9 decode; then
   # unseen ones: a deployment would bias towards every name on its formulary.
   cut -f1 "$data/text/names_used.txt" > "$data/text/hotwords.txt"
   method=modified_beam_search  # hotword biasing lives in the beam search; both rows use it
+  parts=(general_test med_test med_test_unseen)
+  [ ! -f "$data/fbank/general_real_cuts_fbank.jsonl.gz" ] || parts+=(general_real)
+  terms=(--terms "$data/text/names_used.txt" --terms-group-column 3)  # name recall, seen vs unseen
   for model_stage in "$baseline_stage" "$final_stage"; do
-    for part in general_test med_test med_test_unseen; do
+    for part in "${parts[@]}"; do
       synthasr evaluate --model "$exp/$model_stage/final.pt" --cuts "$data/fbank/${part}_cuts_fbank.jsonl.gz" \
         --out-dir "$exp/$model_stage/decode_biasing" --name "$part" --method "$method" \
-        --beam-size "$(conf decode.beam_size 4)" --suffix "$method"
+        --beam-size "$(conf decode.beam_size 4)" --suffix "$method" "${terms[@]}"
       synthasr evaluate --model "$exp/$model_stage/final.pt" --cuts "$data/fbank/${part}_cuts_fbank.jsonl.gz" \
         --out-dir "$exp/$model_stage/decode_biasing" --name "$part" --method "$method" \
         --beam-size "$(conf decode.beam_size 4)" --suffix "${method}-hotwords" \
-        --hotwords-file "$data/text/hotwords.txt" --hotword-score "$(conf decode.hotword_score 2.0)"
+        --hotwords-file "$data/text/hotwords.txt" --hotword-score "$(conf decode.hotword_score 0.5)" "${terms[@]}"
     done
   done
+  if [ "$(conf peer.enabled false)" = true ]; then
+    # The peer row: Whisper tiny.en (faster-whisper) on the same audio, plain and biased with the names.
+    peer_args=()
+    for part in "${parts[@]}"; do
+      f=$data/tts/${part}_cuts.jsonl.gz; [ "$part" != general_real ] || f=$(real_cuts)
+      peer_args+=(--cuts "$part=$f")
+    done
+    $PYTHON local/whisper_peer.py "${peer_args[@]}" --out-dir "$exp/peer" --threads "$num_jobs" \
+      --hotwords-file "$data/text/hotwords.txt" --bias "$(conf peer.bias hotwords)" "${terms[@]}" \
+      2>&1 | tee "$exp/log/peer.log"
+  fi
   mark_done 9 decode
 fi
 
@@ -271,7 +301,7 @@ if should_run 11 report; then
   general_domain=$(cat "$data/tts/general_domain.txt" 2>/dev/null \
     || echo "synthetic speech: TTS of fortunes + WordNet sentences (local/prepare_text.py)")
   log "general domain: $general_domain"
-  synthasr report --exp-dir "$exp"
+  synthasr report --exp-dir "$exp" --final-stage "$final_stage"
   $PYTHON local/write_results.py --config "$config" --exp-dir "$exp" --data-dir "$data" \
     --out "$(conf results.out "$exp/RESULTS.md")"
   mark_done 11 report

@@ -39,10 +39,35 @@ class TtsConfig:
     engine_weights: Dict[str, float] = field(default_factory=dict)
     test_voice_fraction: float = 0.25
     holdout: List[str] = field(default_factory=list)
+    exclude: List[str] = field(default_factory=list)  # voice rules kept out of train and test (probe_voices.py)
     num_train_voices: int = 60
     num_test_voices: int = 20
     num_jobs: int = 2
     failure_threshold: float = 0.05
+
+
+@dataclass
+class FeaturesConfig:
+    """Stage 4's front end; must be what the schedule's model expects (whisper_fbank for a Whisper encoder)."""
+
+    type: str = "fbank"
+
+
+@dataclass
+class RealSpeechConfig:
+    """Stage 2's real-human-speech test set (evaluation only; local/prepare_real_speech.py)."""
+
+    enabled: bool = False
+    optional: bool = True     # a missing source is a warning and the recipe goes on without the set
+    sources: List[str] = field(default_factory=lambda: ["asterisk", "pocketsphinx"])
+
+
+@dataclass
+class PeerConfig:
+    """Stage 9's peer row: Whisper tiny.en (faster-whisper) on the same audio (local/whisper_peer.py)."""
+
+    enabled: bool = False
+    bias: str = "hotwords"    # faster-whisper option that carries the medication names
 
 
 @dataclass
@@ -96,6 +121,9 @@ class RecipeConfig:
     seed: int = 0
     text: TextConfig = field(default_factory=TextConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    real_speech: RealSpeechConfig = field(default_factory=RealSpeechConfig)
+    peer: PeerConfig = field(default_factory=PeerConfig)
     bpe: BpeConfig = field(default_factory=BpeConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
@@ -112,6 +140,10 @@ def load(path: str) -> RecipeConfig:
     if cfg.results.final_stage not in cfg.stages.baseline + cfg.stages.adapt:
         raise ValueError(f"{path}: results.final_stage must name a stage of stages.adapt or stages.baseline, "
                          f"got {cfg.results.final_stage!r}")
+    if cfg.features.type not in ("fbank", "whisper_fbank"):
+        raise ValueError(f"{path}: features.type must be fbank or whisper_fbank, got {cfg.features.type!r}")
+    if cfg.peer.bias not in ("hotwords", "initial_prompt"):
+        raise ValueError(f"{path}: peer.bias must be hotwords or initial_prompt, got {cfg.peer.bias!r}")
     return cfg
 
 
