@@ -53,7 +53,8 @@ def test_report_exists_and_parses(smoke_run: Path) -> None:
     report = _report(smoke_run)
     assert report["baseline"] == "general"
     assert {"general", "adapt_frozen", "adapt_ewc", "synth_only", "mix", "mix_aug"} <= set(report["stages"])
-    assert report["eval_sets"] == {"general_test": "general", "med_test": "medication", "med_test_unseen": "medication"}
+    assert report["eval_sets"] == {"general_test": "general", "general_real": "general_real",
+                                   "med_test": "medication", "med_test_unseen": "medication"}
     for stage in report["stages"]:
         for name, wer in report["wer"][stage].items():
             assert wer is not None and 0.0 <= wer, (stage, name, wer)
@@ -95,9 +96,35 @@ def test_every_manifest_validates(smoke_run: Path) -> None:
     from lhotse import load_manifest, validate
 
     manifests = sorted((smoke_run / "data" / "smoke").glob("*/*_cuts*.jsonl.gz"))
-    assert len(manifests) == 14  # 7 TTS cut sets + their 7 fbank versions
+    assert len(manifests) == 16  # 7 TTS cut sets + the real-speech set + their 8 feature versions
     for path in manifests:
         validate(load_manifest(path), read_data=False)
+
+
+def test_real_speech_is_evaluated_never_trained_on(smoke_run: Path) -> None:
+    from lhotse import load_manifest
+
+    real = load_manifest(smoke_run / "data" / "smoke" / "real" / "general_real_cuts.jsonl.gz")
+    assert len(real) == 40 and all(c.supervisions[0].custom["source"] == "real" for c in real)
+    trained_on = set()
+    for part in ("general_train", "med_train"):
+        trained_on |= {c.id for c in load_manifest(smoke_run / "data" / "smoke" / "fbank" / f"{part}_cuts_fbank.jsonl.gz")}
+    assert not trained_on & {c.id for c in real}
+    report = _report(smoke_run)
+    for stage in report["stages"]:
+        assert report["wer"][stage]["general_real"] is not None
+
+
+def test_frozen_stages_train_from_one_encoder_cache(smoke_run: Path) -> None:
+    caches = sorted((smoke_run / "exp" / "smoke" / "encoder_cache").glob("*/*/cuts.jsonl.gz"))
+    assert {p.parent.parent.name for p in caches} == {"general", "medication_synth"}
+    assert len(caches) == 2  # general, adapt_frozen and mix share the pretrained encoder's outputs
+
+
+def test_peer_row_on_the_same_audio(smoke_run: Path) -> None:
+    peer = smoke_run / "exp" / "smoke" / "peer"
+    for part in ("general_test", "general_real", "med_test", "med_test_unseen"):
+        assert list(peer.glob(f"wer-summary-{part}-*")), part
 
 
 def test_exports_for_sherpa_onnx(smoke_run: Path) -> None:

@@ -60,6 +60,7 @@ class RealSpeechConfig:
     enabled: bool = False
     optional: bool = True     # a missing source is a warning and the recipe goes on without the set
     sources: List[str] = field(default_factory=lambda: ["asterisk", "pocketsphinx"])
+    max_utterances: int = 0   # > 0: a seeded random sample of that many utterances (smoke runs)
 
 
 @dataclass
