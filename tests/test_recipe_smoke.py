@@ -60,7 +60,7 @@ def test_report_exists_and_parses(smoke_run: Path) -> None:
             assert wer is not None and 0.0 <= wer, (stage, name, wer)
     assert (smoke_run / "exp" / "smoke" / "report.png").stat().st_size > 1000
     results = (smoke_run / "exp" / "smoke" / "RESULTS.md").read_text()
-    assert "| (f) then EWC on the unfrozen encoder + speed perturbation: full multi-stage | `adapt_ewc` |" in results
+    assert "| (f) then top encoder layer unfrozen under EWC + speed perturbation: full multi-stage | `adapt_ewc` |" in results
     assert "| modified_beam_search-hotwords | `adapt_ewc` |" in results  # stage 9 rows, same-decoding changes
 
 

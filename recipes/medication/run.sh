@@ -33,13 +33,14 @@ stage_names=(
   "8:ablation:ablation stages from the baseline: synthetic-only, +mixing, +augmentation"
   "9:decode:modified beam search with and without medication hotword biasing; Whisper tiny.en peer row"
   "10:export:pretrained.pt (+ ONNX for sherpa-onnx)"
-  "11:report:report.json/md/png and RESULTS.md"
+  "11:report:report.json/md/png/html and RESULTS.md"
 )
 
 usage() {
   cat <<EOF
 Usage: $0 [options]
-  --config FILE      recipe config (default: $config); smoke: conf/smoke.yaml, GPU: conf/gpu.yaml
+  --config FILE      recipe config (default: $config); smoke: conf/smoke.yaml, GPU: conf/gpu.yaml,
+                     Conformer from scratch (for real corpora): conf/conformer.yaml
   --stage N          first stage to run (default: $stage)
   --stop-stage M     last stage to run (default: $stop_stage)
   --force            rerun the selected stages even if their .done marker exists (complete
