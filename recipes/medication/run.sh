@@ -294,6 +294,7 @@ if should_run 9 decode; then
       f=$data/tts/${part}_cuts.jsonl.gz; [ "$part" != general_real ] || f=$(real_cuts)
       peer_args+=(--cuts "$part=$f")
     done
+    n=$(conf peer.max_utterances 0); [ "$n" -eq 0 ] || peer_args+=(--limit "$n")
     $PYTHON local/whisper_peer.py "${peer_args[@]}" --out-dir "$exp/peer" --threads "$num_jobs" \
       --hotwords-file "$data/text/hotwords.txt" --bias "$(conf peer.bias hotwords)" "${terms[@]}" \
       2>&1 | tee "$exp/log/peer.log"

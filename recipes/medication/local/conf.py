@@ -69,6 +69,7 @@ class PeerConfig:
 
     enabled: bool = False
     bias: str = "hotwords"    # faster-whisper option that carries the medication names
+    max_utterances: int = 0   # > 0: only the first N cuts of each set (smoke runs)
 
 
 @dataclass

@@ -232,7 +232,9 @@ def render(cfg: Dict[str, Any], config_path: str, exp: Path, data: Path, out: Op
         raise ResultsError(f"{config_path}: results.final_stage {final!r} has no results in {exp / 'report.json'}")
     sets = list(report["eval_sets"])
     domain_of = report["eval_sets"]
-    general_sets = [s for s in sets if domain_of[s] == report["general_domain"]]
+    # the general domain's sets, synthetic and real (domain "general_real"): where forgetting is measured
+    gd = report["general_domain"]
+    general_sets = [s for s in sets if domain_of[s] == gd or domain_of[s].startswith(gd + "_")]
     new_sets = [s for s in sets if s not in general_sets]
     general_line = SYNTHETIC_GENERAL
     gd_file = data / "tts" / "general_domain.txt"
