@@ -214,3 +214,22 @@ def test_long_recording_is_cut_at_sentences_or_dropped(tmp_path: Path):
 def test_unknown_source_is_rejected(tmp_path: Path):
     result = CliRunner().invoke(R.main, ["--out-dir", str(tmp_path), "--sources", "asterisk,festival"])
     assert result.exit_code == 2 and "festival" in result.output
+
+
+def test_max_utterances_samples_consistent_manifests_reproducibly(tree: Path, tmp_path: Path):
+    from lhotse import load_manifest
+
+    def sample(out: Path, seed: int):
+        R.prepare(out, ["asterisk", "pocketsphinx"], tree, max_utterances=3, seed=seed)
+        cuts = load_manifest(out / "general_real_cuts.jsonl.gz")
+        sups = load_manifest(out / "general_real_supervisions.jsonl.gz")
+        recs = load_manifest(out / "general_real_recordings.jsonl.gz")
+        return sorted(cuts.ids), sorted(s.id for s in sups), sorted(r.id for r in recs)
+
+    full = R.prepare(tmp_path / "all", ["asterisk", "pocketsphinx"], tree)
+    assert full["utterances"] > 3
+    first = sample(tmp_path / "a", seed=0)
+    assert len(first[0]) == 3 and first[0] == first[1] == first[2]  # the three manifests agree
+    assert sample(tmp_path / "b", seed=0) == first  # same seed, same sample
+    others = {tuple(sample(tmp_path / f"s{s}", seed=s)[0]) for s in range(1, 6)}
+    assert others - {tuple(first[0])}  # the seed chooses the sample

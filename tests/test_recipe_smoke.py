@@ -62,6 +62,7 @@ def test_report_exists_and_parses(smoke_run: Path) -> None:
     results = (smoke_run / "exp" / "smoke" / "RESULTS.md").read_text()
     assert "| (f) then top encoder layer unfrozen under EWC + speed perturbation: full multi-stage | `adapt_ewc` |" in results
     assert "| modified_beam_search-hotwords | `adapt_ewc` |" in results  # stage 9 rows, same-decoding changes
+    assert "| Whisper tiny.en | greedy-hotwords |" in results  # the peer row beside our models
 
 
 def test_adapted_model_beats_baseline_on_new_domain(smoke_run: Path) -> None:

@@ -192,18 +192,10 @@ if should_run 2 "$general_stage"; then
   fi
   if [ "$(conf real_speech.enabled false)" = true ]; then
     # Real human speech: evaluation only (never trained on, never used to tune data generation).
-    real_args=(--out-dir "$data/real" --sources "$(conf real_speech.sources | tr ' ' ',')")
+    real_args=(--out-dir "$data/real" --sources "$(conf real_speech.sources | tr ' ' ',')"
+               --max-utterances "$(conf real_speech.max_utterances 0)" --seed "$seed")
     [ "$(conf real_speech.optional true)" = true ] && real_args+=(--optional)
     $PYTHON local/prepare_real_speech.py "${real_args[@]}" 2>&1 | tee "$exp/log/prepare_real_speech.log"
-    n=$(conf real_speech.max_utterances 0)
-    if [ "$n" -gt 0 ] && [ -f "$data/real/general_real_cuts.jsonl.gz" ]; then
-      $PYTHON -c 'import sys; from lhotse import load_manifest
-cuts = load_manifest(sys.argv[1]); n = int(sys.argv[2])
-if len(cuts) > n:
-    import os, random; tmp = sys.argv[1] + ".tmp.jsonl.gz"
-    cuts.shuffle(rng=random.Random(int(sys.argv[3]))).subset(first=n).to_file(tmp); os.replace(tmp, sys.argv[1])
-' "$data/real/general_real_cuts.jsonl.gz" "$n" "$seed"
-    fi
   fi
   mark_done 2 "$general_stage"
 fi

@@ -394,6 +394,19 @@ def build_manifests(utterances: Sequence[Utterance], audio_dir: Path, max_durati
     return recs, sups, cuts
 
 
+def sample_manifests(recs, sups, cuts, max_utterances: int, seed: int):
+    """A seeded random sample of ``max_utterances`` cuts (0: all), with their recordings and supervisions."""
+    if max_utterances <= 0 or len(cuts) <= max_utterances:
+        return recs, sups, cuts
+    import random
+
+    keep = set(random.Random(f"real_speech:{seed}").sample(sorted(cuts.ids), max_utterances))
+    cuts = cuts.filter(lambda c: c.id in keep).to_eager()
+    sups = sups.filter(lambda s: s.id in keep)
+    recording_ids = {s.recording_id for s in sups}
+    return recs.filter(lambda r: r.id in recording_ids), sups, cuts
+
+
 def summarize(sups, drops: DropLog, sources: Sequence[str], max_duration: float) -> dict:
     by_corpus: Dict[str, dict] = {}
     for s in sups:
@@ -433,7 +446,7 @@ def remove_outputs(paths: Dict[str, Path]) -> None:
 
 
 def prepare(out_dir: Path, sources: Sequence[str], data_root: Path = Path("/"),
-            max_duration: float = DEFAULT_MAX_DURATION) -> dict:
+            max_duration: float = DEFAULT_MAX_DURATION, max_utterances: int = 0, seed: int = 0) -> dict:
     """Read every source, resample, normalize, validate and write the ``general_real`` set."""
     drops = DropLog()
     utterances: List[Utterance] = []
@@ -442,6 +455,7 @@ def prepare(out_dir: Path, sources: Sequence[str], data_root: Path = Path("/"),
     paths = output_paths(out_dir)
     audio_dir = ensure_dir(out_dir / "audio")
     recs, sups, cuts = build_manifests(utterances, audio_dir, max_duration, drops)
+    recs, sups, cuts = sample_manifests(recs, sups, cuts, max_utterances, seed)
     validate_manifests(recs, sups, cuts, out_dir)
     summary = summarize(sups, drops, sources, max_duration)
     write_outputs(recs, sups, cuts, paths, summary)
@@ -472,15 +486,19 @@ def parse_sources(value: str) -> List[str]:
               help="Comma-separated sources: " + ", ".join(SOURCES))
 @click.option("--max-duration", default=DEFAULT_MAX_DURATION, show_default=True, type=click.FloatRange(min=1.0),
               help="Recordings longer than this (seconds) are dropped, not cut.")
+@click.option("--max-utterances", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Keep a seeded random sample of this many utterances (0: all; smoke runs).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of that sample.")
 @click.option("--data-root", default="/", show_default=True, type=click.Path(path_type=Path),
               help="Prefix of the Debian install paths (tests use a fake tree).")
 @click.option("--optional", is_flag=True,
               help="A missing or broken source is a warning and exit 0 (the recipe goes on without the set).")
-def main(out_dir: Path, sources: str, max_duration: float, data_root: Path, optional: bool) -> None:
+def main(out_dir: Path, sources: str, max_duration: float, max_utterances: int, seed: int, data_root: Path,
+         optional: bool) -> None:
     """Real human speech test set (evaluation only) from Debian package data -> lhotse manifests."""
     names = parse_sources(sources)
     try:
-        summary = prepare(out_dir, names, data_root, max_duration)
+        summary = prepare(out_dir, names, data_root, max_duration, max_utterances, seed)
     except (RealSpeechError, OSError) as e:
         if not optional:
             raise click.ClickException(str(e)) from None
