@@ -1,8 +1,11 @@
 """Cut-level, lazy, seeded data augmentation (SpecAugment lives in the dataset).
 
 :func:`augment_cuts` (one config) and :func:`augment_sources` (one config per mixing source) map every
-cut through speed -> volume -> reverberation -> band-limit -> mu-law -> additive noise. Every random
-choice comes from an RNG seeded by ``(seed, epoch, source, cut id)``:
+cut through speed -> tempo -> pitch -> VTLP -> volume -> reverberation -> microphone EQ -> band-limit
+-> mu-law -> telephone line/codec -> additive noise, i.e. roughly the physical order talker -> room ->
+microphone -> channel (noise stays last: lhotse mixes it into a MixedCut, after which no recording
+transform can be appended). Every random choice comes from an RNG seeded by
+``(seed, epoch, source, cut id)``:
 
 * the same cut in the same epoch is augmented identically in any order, process or rank, so a
   resumed run sees exactly the data it would have seen (the epoch is a saved integer);
@@ -21,16 +24,23 @@ from typing import Dict, Iterator, List, Mapping, Optional
 from lhotse import CutSet, RecordingSet
 
 from synthasr.augment.bandlimit import BandLimit, MuLaw, bandlimit_cut, mulaw_cut
+from synthasr.augment.channel import MicEq, Telephone, draw_mic_eq, mic_eq_cut, telephone_cut
 from synthasr.augment.config import AugmentConfig
 from synthasr.augment.noise import add_noise, make_noise
 from synthasr.augment.reverb import make_rirs, reverb_cut
 from synthasr.augment.speed import speed_cut, volume_cut
+from synthasr.augment.voice import PitchShift, Vtlp, WsolaTempo, pitch_cut, tempo_cut, vtlp_cut
 
 __all__ = [
     "AugmentConfig",
     "AugmentError",
     "BandLimit",
+    "MicEq",
     "MuLaw",
+    "PitchShift",
+    "Telephone",
+    "Vtlp",
+    "WsolaTempo",
     "augment_cuts",
     "augment_one",
     "augment_sources",
@@ -153,7 +163,12 @@ class AugmentedStream:
 
 
 def augment_one(cut, cfg: AugmentConfig, rng: random.Random, noise: List, rirs: List):
-    """Augment a single cut; all random draws happen up front in a fixed order."""
+    """Augment a single cut; all random draws happen up front in a fixed order.
+
+    The transfer draws (voice/channel) come after all the older ones and only when a transfer
+    probability is non-zero: configs without them consume the same random numbers as before, so
+    their augmented audio is unchanged byte for byte.
+    """
     speed = rng.choice(cfg.speed)
     do_volume, volume = rng.random() < cfg.volume_prob, rng.uniform(*cfg.volume_range)
     do_reverb, rir_index = rng.random() < cfg.reverb_prob, rng.randrange(max(1, len(rirs)))
@@ -161,23 +176,54 @@ def augment_one(cut, cfg: AugmentConfig, rng: random.Random, noise: List, rirs: 
     do_mulaw = rng.random() < cfg.mulaw_prob
     do_noise, noise_index = rng.random() < cfg.noise_prob, rng.randrange(max(1, len(noise)))
     snr = rng.uniform(*cfg.snr_range)
+    transfer = draw_transfer(cfg, rng) if cfg.uses_transfer else {}
 
-    if speed != 1.0 or do_volume or do_reverb or do_band or do_mulaw or do_noise:
+    if speed != 1.0 or do_volume or do_reverb or do_band or do_mulaw or do_noise or transfer:
         # Precomputed features describe the clean audio; an augmented cut is featurized on the fly.
         # (Keeping them also breaks noise mixing: lhotse would mix features with a featureless noise cut.)
         cut = cut.drop_features()
     cut = speed_cut(cut, speed)
+    if "tempo" in transfer:
+        cut = tempo_cut(_require_recording(cut, "tempo"), transfer["tempo"])
+    if "pitch" in transfer:
+        cut = pitch_cut(_require_recording(cut, "pitch shift"), transfer["pitch"])
+    if "vtlp" in transfer:
+        cut = vtlp_cut(_require_recording(cut, "VTLP"), transfer["vtlp"])
     if do_volume:
         cut = volume_cut(cut, volume)
     if do_reverb:
         cut = reverb_cut(cut, rirs[rir_index])
+    if "mic_eq" in transfer:
+        cut = mic_eq_cut(_require_recording(cut, "microphone EQ"), transfer["mic_eq"])
     if do_band:
         cut = bandlimit_cut(_require_recording(cut, "band-limit"), cfg.band_hz[0], cfg.band_hz[1])
     if do_mulaw:
         cut = mulaw_cut(_require_recording(cut, "mu-law"), cfg.mulaw_bits)
+    if "telephone" in transfer or "codec" in transfer:  # one 8 kHz round trip for both
+        cut = telephone_cut(_require_recording(cut, "telephone/codec"), transfer.get("telephone"),
+                            transfer.get("codec", "none"))
     if do_noise:
         cut = add_noise(cut, noise[noise_index], snr, rng)
     return cut
+
+
+def draw_transfer(cfg: AugmentConfig, rng: random.Random) -> Dict[str, object]:
+    """The voice/channel draws for one cut: ``{name: parameter}`` for each transform that fires.
+
+    Every decision and value is drawn whether or not it fires (fixed consumption), so changing one
+    probability does not reshuffle the other transforms' draws. Values are rounded: they name the
+    cut (``_vt1.047``) and are stored in the manifest form of the transform.
+    """
+    draws = {
+        "vtlp": (rng.random() < cfg.vtlp_prob, round(rng.uniform(*cfg.vtlp_range), 3)),
+        "pitch": (rng.random() < cfg.pitch_prob, round(rng.uniform(*cfg.pitch_semitones), 2)),
+        "tempo": (rng.random() < cfg.tempo_prob, round(rng.uniform(*cfg.tempo_range), 3)),
+        "mic_eq": (rng.random() < cfg.mic_eq_prob, draw_mic_eq(rng, cfg.mic_eq_bands, cfg.mic_eq_gain_db)),
+        "telephone": (rng.random() < cfg.telephone_prob, list(cfg.telephone_band_hz)),
+        "codec": (rng.random() < cfg.codec_prob, rng.choice(cfg.codecs)),
+    }
+    identity = {"vtlp": 1.0, "pitch": 0.0, "tempo": 1.0}
+    return {k: v for k, (fire, v) in draws.items() if fire and identity.get(k) != v}
 
 
 def _require_recording(cut, what: str):
