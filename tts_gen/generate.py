@@ -34,6 +34,7 @@ from synthasr.utils.audio import resample  # imported here (with lhotse) so fork
 from synthasr.utils.io import atomic_path, atomic_write
 from synthasr.utils.process import die_with_parent
 from tts_gen.engines.base import SynthesisError, TTSEngine, get_engine
+from tts_gen.pronounce import build_plan, phonemes_for_engine
 from tts_gen.voices import DEFAULT_ENGINE_WEIGHTS, Voice, check_voice, voices_by_engine
 
 LOG = logging.getLogger("tts_gen")
@@ -72,11 +73,17 @@ class CombineError(ValueError):
 # --- input ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TextItem:
-    """One input utterance: its id, the raw text and the 1-based input line it came from."""
+    """One input utterance: its id, the raw text and the 1-based input line it came from.
+
+    ``names`` and ``pronunciations`` are the JSONL line's fields of those names (raw; checked by
+    :mod:`tts_gen.pronounce` only when pronunciation control is on), so plain lines stay as they were.
+    """
 
     id: str
     text: str
     line: int
+    names: Any = field(default=None, compare=False, repr=False)
+    pronunciations: Any = field(default=None, compare=False, repr=False)
 
 
 _BAD_ID = re.compile(r"[/\\\s]|^\.|^$")
@@ -138,7 +145,7 @@ def _parse_jsonl_line(path: Path, lineno: int, line: str) -> Optional[TextItem]:
     if not text.strip():
         LOG.warning("%s:%d: empty text skipped", path, lineno)
         return None
-    return TextItem(utt_id, text.strip(), lineno)
+    return TextItem(utt_id, text.strip(), lineno, obj.get("names"), obj.get("pronunciations"))
 
 
 def parse_shard(spec: Union[str, Tuple[int, int], None]) -> Optional[Tuple[int, int]]:
@@ -237,7 +244,9 @@ def _synthesize_task(task: Dict[str, Any]) -> Dict[str, Any]:
     """Speak one utterance and write its FLAC atomically; a :class:`SynthesisError` becomes a result."""
     voice = Voice.parse(task["voice"])
     try:
-        audio, rate = _worker_engine(voice.engine).synthesize(task["text"], voice, seed=task["seed"])
+        phonemes = phonemes_for_engine(task.get("pron"))  # term -> phonemes; none: engine's own rules
+        kwargs = {"pronunciations": phonemes} if phonemes else {}
+        audio, rate = _worker_engine(voice.engine).synthesize(task["text"], voice, seed=task["seed"], **kwargs)
         audio = to_target_rate(audio, rate)
         if audio.size == 0:
             raise SynthesisError("empty audio after resampling")
@@ -275,7 +284,7 @@ def _read_ledger(path: Path) -> Dict[str, Dict[str, Any]]:
 
 def _verified(rec: Optional[Dict[str, Any]], task: Dict[str, Any]) -> bool:
     """A ledger record counts only if voice/text match and the FLAC decodes to the recorded length."""
-    if not rec or rec.get("voice") != task["voice"] or rec.get("text") != task["text"]:
+    if not rec or rec.get("voice") != task["voice"] or rec.get("text") != task["text"] or rec.get("pron") != task.get("pron"):
         return False
     try:
         audio, rate = sf.read(task["path"], dtype="int16")
@@ -380,7 +389,8 @@ def _run_tasks(tasks: List[Dict[str, Any]], num_jobs: int, engine_opts: EngineOp
                 task = by_id[res["id"]]
                 if res["ok"]:
                     led.write(json.dumps({"id": res["id"], "voice": task["voice"], "text": task["text"],
-                                          "num_samples": res["num_samples"]}) + "\n")
+                                          "num_samples": res["num_samples"],
+                                          **({"pron": task["pron"]} if "pron" in task else {})}) + "\n")
                 results[res["id"]] = res
             led.flush()
             bar.update(len(batch))
@@ -405,7 +415,8 @@ def _run_tasks(tasks: List[Dict[str, Any]], num_jobs: int, engine_opts: EngineOp
     return results
 
 
-def _write_manifests(rows: List[Tuple[TextItem, str, Voice, int, Path]], paths: Dict[str, Path], domain: str) -> None:
+def _write_manifests(rows: List[Tuple[TextItem, str, Voice, int, Path]], paths: Dict[str, Path], domain: str,
+                     prons: Optional[Mapping[str, List[Dict[str, Any]]]] = None) -> None:
     """Build, validate and atomically write the three manifests (rows in input order)."""
     from lhotse import (AudioSource, CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet,
                         validate, validate_recordings_and_supervisions)
@@ -419,7 +430,7 @@ def _write_manifests(rows: List[Tuple[TextItem, str, Voice, int, Path]], paths: 
             id=item.id, recording_id=item.id, start=0.0, duration=duration, channel=0, text=text,
             speaker=voice.id, language=LANGUAGE,
             custom={"domain": domain, "source": "synthetic", "engine": voice.engine, "voice": voice.id,
-                    "orig_text": item.text},
+                    "orig_text": item.text, **({"pronunciations": prons[item.id]} if prons and item.id in prons else {})},
         ))
     recs = RecordingSet.from_recordings(recordings)
     sups = SupervisionSet.from_segments(supervisions)
@@ -447,6 +458,8 @@ def generate(
     progress: bool = True,
     max_words: int = MAX_WORDS,
     max_chars: int = MAX_CHARS,
+    lexicon: Optional[PathLike] = None,
+    pron_variants: int = 0,
 ) -> GenerationSummary:
     """Speak ``texts`` with ``voices`` into ``out_dir``; resumable, shardable, parallel.
 
@@ -454,6 +467,9 @@ def generate(
     Raises :class:`FailureThresholdExceeded` (after writing the manifests of what succeeded) when the
     share of failed utterances is above ``failure_threshold``, and :class:`InputError` before any
     synthesis for an input with no text or a line longer than ``max_words`` / ``max_chars``.
+    Pronunciation control (:mod:`tts_gen.pronounce`) is on with a ``lexicon`` TSV, ``pron_variants``
+    > 0 (variants per term in a line's ``names``) or a line's ``pronunciations`` field; each
+    supervision then records ``custom["pronunciations"]``.
     """
     start = time.perf_counter()
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", prefix):
@@ -477,11 +493,18 @@ def generate(
     good, failed = _normalize_items(block, source)
     _check_lengths(good, source, max_words, max_chars)
     audio_dir = out / "audio" / prefix
+    plan = None
+    if lexicon is not None or pron_variants > 0 or any(item.pronunciations is not None for item, _t in good):
+        plan = build_plan([item.names for item, _t in good], lexicon, pron_variants, seed,
+                          binary=str(engine_opts.get("espeak", {}).get("binary") or "espeak-ng"))
     tasks = []
     for item, text in good:
         voice, synth_seed = assign_voice(item.id, seed, groups, engine_weights)
         tasks.append({"id": item.id, "text": text, "voice": voice.id, "seed": synth_seed,
                       "path": str(audio_dir / f"{item.id}.flac"), "line": item.line})
+        if plan is not None:  # which pronunciation each term gets: chosen here, recorded in the manifest
+            options = plan.options(text, item.names, item.pronunciations, f"{source}:{item.line}")
+            tasks[-1]["pron"] = plan.choose_for(text, voice.engine, item.id, options)
 
     ledger = _ledger_path(out, prefix, shard_k)
     previous = _read_ledger(ledger)
@@ -503,7 +526,7 @@ def generate(
     failed.sort(key=lambda f: f["line"])
 
     paths = manifest_paths(out, prefix, shard_k)
-    _write_manifests(rows, paths, domain)
+    _write_manifests(rows, paths, domain, {t["id"]: t["pron"] for t in tasks if "pron" in t})
     with atomic_write(paths["failures"]) as f:
         for fail in failed:
             f.write(json.dumps(fail) + "\n")

@@ -13,6 +13,7 @@ import click
 
 from synthasr.config import ConfigError
 from tts_gen.engines.base import EngineError, UnknownEngineError, canonical_engine_name, get_engine
+from tts_gen.pronounce import PronunciationError
 from tts_gen.generate import (MAX_CHARS, MAX_WORDS, CombineError, FailureThresholdExceeded, InputError,
                               OutputNotWritableError, ShardSpecError, combine_shards, generate, parse_shard)
 from tts_gen.voices import (UnknownVoiceError, Voice, VoicePoolError, VoiceSpecError, build_pools, make_matcher,
@@ -22,7 +23,7 @@ from tts_gen.voices import (UnknownVoiceError, Voice, VoicePoolError, VoiceSpecE
 
 LIBRARY_ERRORS: Tuple[type, ...] = (
     InputError, ShardSpecError, OutputNotWritableError, CombineError, VoiceSpecError, UnknownVoiceError,
-    VoicePoolError, EngineError, UnknownEngineError, ConfigError,
+    VoicePoolError, EngineError, UnknownEngineError, ConfigError, PronunciationError,
 )
 DEFAULT_NUM_VOICES = 60
 
@@ -115,12 +116,17 @@ def _choose_voices(engines_spec: str, num_voices: Optional[int], voices_file: Op
               help="Longest utterance in words (after normalization); a longer line is an error.")
 @click.option("--max-chars", type=click.IntRange(min=1), default=MAX_CHARS, show_default=True,
               help="Longest utterance in characters (after normalization); a longer line is an error.")
+@click.option("--lexicon", type=click.Path(dir_okay=False), default=None,
+              help="Pronunciation lexicon TSV: term, engine (espeak|piper), phonemes (espeak-ng mnemonics | IPA).")
+@click.option("--pron-variants", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Generated pronunciations per term of a line's 'names' with none given (espeak-ng "
+                   "varieties + stress shifts); 0: engines' own.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @engine_options
 def tts_gen(text_file: str, out_dir: str, domain: str, prefix: str, engines_spec: str, num_voices: Optional[int],
             voices_file: Optional[str], exclude_voices_file: Optional[str], engine_weights: Optional[str],
             num_jobs: int, seed: int, shard: Optional[str], failure_threshold: float, max_words: int,
-            max_chars: int, no_progress: bool, espeak_binary: Optional[str], piper_voices: Tuple[str, ...],
+            max_chars: int, lexicon: Optional[str], pron_variants: int, no_progress: bool, espeak_binary: Optional[str], piper_voices: Tuple[str, ...],
             coqui_model_path: Optional[str],
             coqui_config_path: Optional[str]) -> None:
     """Speak TEXT_FILE (plain lines or JSONL id/text) in many voices into OUT_DIR with lhotse manifests."""
@@ -132,7 +138,7 @@ def tts_gen(text_file: str, out_dir: str, domain: str, prefix: str, engines_spec
         summary = generate(text_file, out_dir, voices, domain=domain, prefix=prefix, num_jobs=num_jobs, seed=seed,
                            shard=shard_spec, failure_threshold=failure_threshold, engine_opts=opts,
                            engine_weights=weights, progress=not no_progress, max_words=max_words,
-                           max_chars=max_chars)
+                           max_chars=max_chars, lexicon=lexicon, pron_variants=pron_variants)
         write_voice_file(Path(out_dir) / f"{prefix}_voices.txt", voices)
     except FailureThresholdExceeded as e:
         click.echo(e.summary.line())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import importlib
-from typing import TYPE_CHECKING, Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -37,6 +37,9 @@ class TTSEngine(abc.ABC):
 
     #: canonical engine name, used as the first field of a voice id (``espeak:...``)
     name: str = ""
+    #: the phoneme alphabet ``synthesize(pronunciations=...)`` takes (see :mod:`tts_gen.pronounce`);
+    #: ``None``: the engine takes no phoneme input and speaks every word by its own rules
+    phoneme_alphabet: Optional[str] = None
 
     @abc.abstractmethod
     def list_voices(self) -> List[str]:
@@ -51,11 +54,14 @@ class TTSEngine(abc.ABC):
         """The finite grid of voice configurations this engine offers for sampling."""
 
     @abc.abstractmethod
-    def synthesize(self, text: str, voice: "Voice", seed: int = 0) -> Tuple[np.ndarray, int]:
+    def synthesize(self, text: str, voice: "Voice", seed: int = 0,
+                   pronunciations: Optional[Mapping[str, str]] = None) -> Tuple[np.ndarray, int]:
         """Speak ``text``; return ``(float32 mono samples in [-1, 1], sample_rate)``.
 
         ``seed`` makes stochastic engines (piper's noise) reproducible per utterance; deterministic
-        engines ignore it.
+        engines ignore it. ``pronunciations`` maps terms (whole words of ``text``) to phonemes in
+        :attr:`phoneme_alphabet`, spoken instead of the engine's own guess; callers pass it only to
+        engines whose alphabet is not ``None``, so an engine without phoneme input may omit it.
         """
 
 

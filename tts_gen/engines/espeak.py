@@ -10,7 +10,7 @@ import functools
 import shutil
 import struct
 import subprocess
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -33,6 +33,7 @@ class EspeakEngine(TTSEngine):
     """espeak-ng voices ``<accent>[+<variant>]`` with rate, pitch and amplitude."""
 
     name = "espeak"
+    phoneme_alphabet = "espeak-ng mnemonics"
 
     def __init__(self, binary: str = "espeak-ng", timeout: float = 60.0,
                  variants: Optional[Sequence[str]] = None, rates: Sequence[int] = POOL_RATES,
@@ -73,11 +74,46 @@ class EspeakEngine(TTSEngine):
         return [self.binary, "-v", spec, "-s", str(int(voice.rate)), "-p", str(int(voice.pitch)),
                 "-a", str(int(voice.amplitude)), "--stdout"]
 
-    def synthesize(self, text: str, voice: Voice, seed: int = 0) -> Tuple[np.ndarray, int]:
+    def synthesize(self, text: str, voice: Voice, seed: int = 0,
+                   pronunciations: Optional[Mapping[str, str]] = None) -> Tuple[np.ndarray, int]:
+        """Speak ``text``; ``pronunciations`` (term -> mnemonics) go in as inline ``[[...]]`` phonemes."""
         if voice.engine != self.name:
             raise SynthesisError(f"voice {voice.id!r} is not an espeak voice")
+        proc = self._run(self.command(voice), self.input_text(text, pronunciations), voice)
+        samples, rate = parse_wav_bytes(proc.stdout)
+        if samples.size == 0:
+            raise SynthesisError(f"espeak-ng produced no audio for voice {voice.id}")
+        return samples, rate
+
+    @staticmethod
+    def input_text(text: str, pronunciations: Optional[Mapping[str, str]] = None) -> str:
+        """What goes to espeak-ng's stdin: ``text`` with each term span replaced by ``[[mnemonics]]``.
+
+        Without pronunciations the text is passed through untouched (same audio as ever).
+        """
+        if not pronunciations:
+            return text
+        from tts_gen.pronounce import check_phonemes, markup
+
+        for term, phonemes in pronunciations.items():
+            why = check_phonemes(phonemes)
+            if why:
+                raise SynthesisError(f"pronunciation of {term!r}: {why}")
+        return markup(text, pronunciations)
+
+    def phonemize(self, text: str, voice: Voice, pronunciations: Optional[Mapping[str, str]] = None,
+                  ipa: bool = False) -> str:
+        """The phonemes espeak-ng reports (``-x`` mnemonics, or ``--ipa``) for exactly the input
+        :meth:`synthesize` sends with the same voice: how a caller checks what was really spoken.
+        """
+        argv = [a for a in self.command(voice) if a != "--stdout"] + ["-q", "--ipa" if ipa else "-x"]
+        proc = self._run(argv, self.input_text(text, pronunciations), voice)
+        return " ".join(proc.stdout.decode("utf-8", "replace").split())
+
+    def _run(self, argv: List[str], text: str, voice: Voice) -> "subprocess.CompletedProcess[bytes]":
+        """Run espeak-ng once with ``text`` on stdin; failures become one-line engine errors."""
         try:
-            proc = subprocess.run(self.command(voice), input=text.encode("utf-8"), capture_output=True,
+            proc = subprocess.run(argv, input=text.encode("utf-8"), capture_output=True,
                                   timeout=self.timeout, check=False)
         except subprocess.TimeoutExpired:
             raise SynthesisError(f"espeak-ng timed out after {self.timeout:.0f}s with voice {voice.id}") from None
@@ -86,10 +122,7 @@ class EspeakEngine(TTSEngine):
         if proc.returncode != 0:
             err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
             raise SynthesisError(f"espeak-ng exited with {proc.returncode} for voice {voice.id}: {err[0] if err else 'no message'}")
-        samples, rate = parse_wav_bytes(proc.stdout)
-        if samples.size == 0:
-            raise SynthesisError(f"espeak-ng produced no audio for voice {voice.id}")
-        return samples, rate
+        return proc
 
 
 def parse_wav_bytes(data: bytes) -> Tuple[np.ndarray, int]:

@@ -18,10 +18,11 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import threading
+import unicodedata
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -79,6 +80,7 @@ class PiperEngine(TTSEngine):
     """Piper voices from pip voice packages and/or local ``.onnx`` files (with ``.onnx.json``)."""
 
     name = "piper"
+    phoneme_alphabet = "IPA"
 
     def __init__(self, voices: Sequence[str] = (), include_packaged: bool = True, threads: int = 1,
                  length_scales: Sequence[float] = POOL_LENGTH_SCALES, semitones: Sequence[float] = POOL_SEMITONES,
@@ -120,14 +122,43 @@ class PiperEngine(TTSEngine):
                 _CACHE[key] = _load_model(model, config, self.threads)
             return _CACHE[key]
 
-    def synthesize(self, text: str, voice: Voice, seed: int = 0) -> Tuple[np.ndarray, int]:
+    def phonemize(self, text: str, voice: Voice, pronunciations: Optional[Mapping[str, str]] = None) -> List[List[str]]:
+        """Phonemes per sentence, as piper's phonemizer makes them, with each term span replaced by its IPA.
+
+        piper-tts reads ``[[ipa]]`` blocks in its input as raw phonemes (one symbol per code point),
+        while its espeak-ng path decomposes IPA to NFD; the given IPA is decomposed the same way, so
+        a term reads identically whether given or guessed. A symbol outside the voice's id map would
+        be dropped by piper with only a log warning, so it is an error here.
+        """
+        if voice.name not in self._models:
+            raise SynthesisError(f"piper voice {voice.name!r} is not loaded (have: {', '.join(self.list_voices())})")
+        loaded = self._load(voice.name)
+        if not pronunciations:
+            return loaded.voice.phonemize(text)
+        from tts_gen.pronounce import check_phonemes, markup
+
+        id_map = loaded.voice.config.phoneme_id_map
+        ipa: Dict[str, str] = {}
+        for term, phonemes in pronunciations.items():
+            decomposed = unicodedata.normalize("NFD", phonemes.strip())
+            why = check_phonemes(decomposed)
+            missing = sorted({c for c in decomposed if c not in id_map})
+            if why or missing:
+                why = why or f"IPA symbol(s) {' '.join(missing)} not in voice {voice.name}'s phoneme set"
+                raise SynthesisError(f"pronunciation of {term!r}: {why}")
+            ipa[term] = decomposed
+        return loaded.voice.phonemize(markup(text, ipa))
+
+    def synthesize(self, text: str, voice: Voice, seed: int = 0,
+                   pronunciations: Optional[Mapping[str, str]] = None) -> Tuple[np.ndarray, int]:
+        """Speak ``text``; ``pronunciations`` (term -> IPA) replace piper's own phonemes for those terms."""
         if voice.engine != self.name:
             raise SynthesisError(f"voice {voice.id!r} is not a piper voice")
         if voice.name not in self._models:
             raise SynthesisError(f"piper voice {voice.name!r} is not loaded (have: {', '.join(self.list_voices())})")
         loaded = self._load(voice.name)
         factor = 2.0 ** (voice.pitch / 12.0)
-        sentences = [s for s in loaded.voice.phonemize(text) if s]
+        sentences = [s for s in self.phonemize(text, voice, pronunciations) if s]
         if not sentences:
             raise SynthesisError(f"piper produced no phonemes for {text[:40]!r}")
         pieces = []
