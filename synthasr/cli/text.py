@@ -1,4 +1,4 @@
-"""``synthasr normalize``, ``synthasr train-bpe`` and ``synthasr score``: thin wrappers over the library."""
+"""``synthasr normalize``, ``train-bpe``, ``score`` and ``prepare-domain``: thin wrappers over the library."""
 from __future__ import annotations
 
 import sys
@@ -136,3 +136,37 @@ def _check_ids(refs: dict, hyps: dict, ref_path: str, hyp_path: str, missing_as_
             f"{hyp_path}: {len(missing)} utterance id(s) of {ref_path} missing, e.g. {missing[0]!r} "
             "(use --missing-as-empty to score them as deletions)"
         )
+
+
+@click.command("prepare-domain")
+@click.option("--terms", "terms_path", required=True, type=click.Path(dir_okay=False),
+              help="Term list: UTF-8, one term a line; optional TAB columns: spoken form, phonemes.")
+@click.option("--domain-text", default=None, type=click.Path(dir_okay=False),
+              help="Domain sentences (plain text, one a line, or JSONL with \"text\"): used as they are, mined for terms.")
+@click.option("--templates", default=None, type=click.Path(dir_okay=False),
+              help="Carrier templates ({term}, {term2}, @slot = a | b) that top every split up to its size.")
+@click.option("--out-dir", required=True, type=click.Path(file_okay=False), help="Writes terms.tsv, names_used.txt, <prefix>_<split>.jsonl.")
+@click.option("--prefix", default="med", show_default=True, help="File and utterance-id prefix of the splits.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--unseen-fraction", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
+              help="Share of the terms held out of all training text (test_unseen only).")
+@click.option("--num-train", default=3000, show_default=True, type=click.IntRange(min=0))
+@click.option("--num-dev", default=300, show_default=True, type=click.IntRange(min=0))
+@click.option("--num-test", default=300, show_default=True, type=click.IntRange(min=0))
+@click.option("--num-test-unseen", default=300, show_default=True, type=click.IntRange(min=0))
+def prepare_domain_cmd(terms_path: str, domain_text: Optional[str], templates: Optional[str], out_dir: str,
+                       prefix: str, seed: int, unseen_fraction: float, num_train: int, num_dev: int,
+                       num_test: int, num_test_unseen: int) -> None:
+    """Your own domain: a term list (and domain text) -> train/dev/test/test_unseen text for TTS."""
+    from synthasr.domain import DomainError, prepare_domain
+
+    sizes = {"train": num_train, "dev": num_dev, "test": num_test, "test_unseen": num_test_unseen}
+    try:
+        result = prepare_domain(out_dir, sizes, unseen_fraction, seed, terms_path, domain_text, templates, prefix)
+    except DomainError as e:
+        *first, last = str(e).splitlines()  # one line per problem (the first MAX_REPORTED, then a count)
+        for problem in first:
+            click.echo(f"Error: {problem}", err=True)
+        raise click.ClickException(last) from None
+    counts = ", ".join(f"{s} {len(v)}" for s, v in result.splits.items())
+    click.echo(f"wrote {out_dir}: {len(result.seen)} seen + {len(result.unseen)} held-out terms; sentences: {counts}")

@@ -16,6 +16,12 @@ lines add ``names`` (the drug names in the sentence) and ``template`` (its index
 Guarantees the tests check: sentences are unique across all splits; every name in dev/test occurs in
 med_train; ``test_unseen`` names occur in no other split and no general text; no medication name (or
 any other qualifying drug name) occurs as a word in the general text; same seed -> same bytes.
+
+Your own domain (``--terms`` and/or ``--domain-text``, see docs/your_domain.md): the medication part
+comes from :mod:`synthasr.domain` instead (the user's terms replace the packaged lists, ``--num-names``
+is not used; with ``--domain-text`` alone the terms are the packaged names that text mentions), the
+general part is made as above, and the same files are written, plus ``terms.tsv``, so no later stage
+changes. Without those options the outputs are byte-identical to what they were before them.
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 
 import click
 
+from synthasr import domain as D
 from synthasr.text import NormalizationError, normalize
 from synthasr.utils.io import atomic_write
 
@@ -632,6 +639,112 @@ def prepare(
     return summary
 
 
+# ---------------------------------------------------------------------------------------------
+# Your own domain: a term list and/or domain text instead of the packaged drug lists
+# ---------------------------------------------------------------------------------------------
+
+
+def packaged_terms_in(text: D.DomainText, names: Sequence[MedName]) -> List[D.TermEntry]:
+    """Domain text without a term list: its terms are the packaged names it mentions."""
+    entries = [D.TermEntry(n.name, normalized=n.name) for n in names]
+    mentioned = {m for ms in D.mine_mentions((s.text for s in text.sentences), entries) for m in ms}
+    found = [e for e in entries if e.normalized in mentioned]
+    if len(found) < 2:
+        raise TextPrepError(f"{text.source}: mentions {len(found)} of the packaged medication names; at least 2 are "
+                            "needed to hold some out (give your own list with --terms)")
+    return found
+
+
+def term_name_rows(entries: Sequence[D.TermEntry], english: Set[str], source: str) -> List[MedName]:
+    """``medication_names.txt`` rows for a user's list: the words general text must not contain.
+
+    A one-word term is banned as it is; from a multi-word term only its words that are not ordinary
+    English (``glargine`` of ``insulin glargine``, not ``vitamin``), so the general domain keeps its
+    common words. The file stays one word per line, as ``prepare_general_corpus.py`` reads it.
+    """
+    rows: Dict[str, MedName] = {}
+    for e in sorted(entries, key=lambda t: t.normalized):
+        words = e.normalized.split()
+        kind = "term" if len(words) == 1 else "term-word"
+        for w in words if len(words) == 1 else [w for w in words if w not in english]:
+            rows.setdefault(w, MedName(w, kind, e.normalized, f"{source}:{e.line}"))
+    return sorted(rows.values(), key=lambda m: m.name)
+
+
+def summarize_domain(result: D.DomainSplits, general: Dict[str, List[Tuple[str, str, str]]],
+                     name_rows: Sequence[MedName]) -> dict:
+    """The keys of :func:`summarize` (RESULTS.md reads them), for a user's domain; terms count as names."""
+    general_vocab = _vocab(t for t, _, _ in general["train"])
+    med = result.splits
+    used = [t.normalized for t in result.seen + result.unseen]
+    test_words = [w for s in med["test"] + med["test_unseen"] for w in s.text.split()]
+    return {
+        "names_total": len(used),
+        "names_total_generic": 0,
+        "names_total_brand": 0,
+        "names_banned_from_general": len(name_rows),
+        "names_seen": len(result.seen),
+        "names_unseen": len(result.unseen),
+        "med_sentences": {k: len(v) for k, v in med.items()},
+        "general_sentences": {k: len(v) for k, v in general.items()},
+        "vocab_med_train": len(_vocab(s.text for s in med["train"])),
+        "vocab_general_train": len(general_vocab),
+        "med_name_oov_rate_vs_general_train": (
+            sum(not general_vocab.issuperset(n.split()) for n in used) / len(used) if used else 0.0),
+        "med_test_token_oov_rate_vs_general_train": (
+            sum(w not in general_vocab for w in test_words) / len(test_words) if test_words else 0.0),
+        "domain": result.stats,
+    }
+
+
+def prepare_own_domain(
+    out_dir: Path, seed: int, unseen_fraction: float, med_sizes: Dict[str, int], general_sizes: Dict[str, int],
+    terms: Optional[Path], domain_text: Optional[Path], templates: Optional[Path],
+    fortune_dir: Path = FORTUNES_DIR, wordnet_dir: Path = WORDNET_DIR,
+    log: Callable[[str], None] = lambda msg: None, general_vocab_size: int = 0,
+) -> dict:
+    """The text stage on a user's terms and/or domain text (raises :class:`synthasr.domain.DomainError`)."""
+    if terms is None and domain_text is None:
+        raise TextPrepError("own domain needs --terms, --domain-text or both")
+    entries = D.read_term_list(terms) if terms is not None else []
+    text = D.read_domain_text(domain_text) if domain_text is not None else None
+    tmpl = D.read_templates(templates) if templates is not None else None
+    log("reading general text (fortunes, WordNet examples)")
+    general_all = normalized_sentences(fortune_sentences(fortune_dir), "fortunes") + normalized_sentences(
+        wordnet_examples(wordnet_dir), "wordnet")
+    english = english_vocabulary(general_all, wordnet_english_words(wordnet_dir))
+    if terms is None:
+        log("no term list: the packaged medication names the domain text mentions are the terms")
+        packaged = load_names(wordnet_dir, general_all)
+        entries = packaged_terms_in(text, packaged)
+        name_rows = list(packaged)  # as the default recipe: no packaged name in the general text
+    else:
+        name_rows = term_name_rows(entries, english, terms.name)
+    log(f"{len(entries)} terms" + (f", {len(text.sentences)} domain sentences" if text else "")
+        + (f", {len(tmpl.templates)} templates" if tmpl else ""))
+    result = D.build_splits(entries, text, tmpl, med_sizes, unseen_fraction, seed,
+                            D.pronunciation_table(entries, source=str(terms)))
+    # General text mentions no term (as a phrase, the way term recall counts it) and no banned word.
+    finder = D.term_finder(entries)
+    pool = [s for s in general_all if not finder.find(s[0].split())]
+    general = split_general(pool, {n.name for n in name_rows}, general_sizes, random.Random(seed + 1),
+                            vocab_size=general_vocab_size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    D.write_domain(out_dir, result, prefix="med")
+    with atomic_write(out_dir / "medication_names.txt") as f:
+        f.write("".join(f"{n.name}\t{n.kind}\t{n.generic}\t{n.source}\n" for n in name_rows))
+    for split, sentences in general.items():
+        _write_jsonl(out_dir / f"general_{split}.jsonl", _general_records(split, sentences))
+    summary = summarize_domain(result, general, name_rows)
+    summary.update(seed=seed, general_vocab_size=general_vocab_size, terms_file=str(terms) if terms else None,
+                   domain_text=str(domain_text) if domain_text else None,
+                   templates=str(templates) if templates else None)
+    with atomic_write(out_dir / "summary.json") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return summary
+
+
 @click.command()
 @click.option("--out-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -649,19 +762,35 @@ def prepare(
               help="Keep only general sentences made of the N most frequent words (0: no limit).")
 @click.option("--fortune-dir", default=str(FORTUNES_DIR), show_default=True, type=click.Path(path_type=Path))
 @click.option("--wordnet-dir", default=str(WORDNET_DIR), show_default=True, type=click.Path(path_type=Path))
+@click.option("--terms", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Your term list (one a line; TAB spoken form, TAB phonemes) instead of the packaged drug lists.")
+@click.option("--domain-text", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Your domain sentences (plain text or JSONL): used as they are, mined for the terms.")
+@click.option("--templates", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Carrier templates that top the splits up (with --terms/--domain-text), e.g. conf/templates/medication.txt.")
 def main(out_dir: Path, seed: int, num_names: int, unseen_fraction: float, num_train: int, num_dev: int,
          num_test: int, num_test_unseen: Optional[int], num_general_train: int, num_general_dev: int,
-         num_general_test: int, general_vocab_size: int, fortune_dir: Path, wordnet_dir: Path) -> None:
+         num_general_test: int, general_vocab_size: int, fortune_dir: Path, wordnet_dir: Path,
+         terms: Optional[Path], domain_text: Optional[Path], templates: Optional[Path]) -> None:
     """Write medication and general-domain text splits for the medication recipe."""
     med_sizes = {"train": num_train, "dev": num_dev, "test": num_test,
                  "test_unseen": num_test if num_test_unseen is None else num_test_unseen}
     general_sizes = {"train": num_general_train, "dev": num_general_dev, "test": num_general_test}
+    log = lambda m: click.echo(f"[prepare_text] {m}", err=True)  # noqa: E731
     try:
-        summary = prepare(out_dir, seed, num_names, unseen_fraction, med_sizes, general_sizes,
-                          fortune_dir, wordnet_dir, log=lambda m: click.echo(f"[prepare_text] {m}", err=True),
-                          general_vocab_size=general_vocab_size)
+        if terms is not None or domain_text is not None:
+            summary = prepare_own_domain(out_dir, seed, unseen_fraction, med_sizes, general_sizes, terms,
+                                         domain_text, templates, fortune_dir, wordnet_dir, log, general_vocab_size)
+        else:
+            summary = prepare(out_dir, seed, num_names, unseen_fraction, med_sizes, general_sizes,
+                              fortune_dir, wordnet_dir, log=log, general_vocab_size=general_vocab_size)
     except TextPrepError as e:
         raise click.ClickException(str(e)) from None
+    except D.DomainError as e:
+        *first, last = str(e).splitlines()  # one line per problem
+        for problem in first:
+            click.echo(f"Error: {problem}", err=True)
+        raise click.ClickException(last) from None
     click.echo(f"[prepare_text] wrote {out_dir}")
     for key, value in summary.items():
         click.echo(f"  {key}: {value}")
