@@ -375,8 +375,9 @@ def _check_lengths(good: Sequence[Tuple[TextItem, str]], source: str, max_words:
 
 
 def _run_tasks(tasks: List[Dict[str, Any]], num_jobs: int, engine_opts: EngineOptions,
-               ledger: Path, progress: bool) -> Dict[str, Dict[str, Any]]:
-    """Synthesize ``tasks`` (parallel if ``num_jobs > 1``), appending each success to the ledger."""
+               ledger: Path, progress: bool, executor: Optional[cf.Executor] = None) -> Dict[str, Dict[str, Any]]:
+    """Synthesize ``tasks`` (parallel if ``num_jobs > 1`` or on ``executor``), appending each success to
+    the ledger as it arrives (so an interrupted run, local or distributed, resumes from it)."""
     from tqdm import tqdm
 
     results: Dict[str, Dict[str, Any]] = {}
@@ -395,6 +396,9 @@ def _run_tasks(tasks: List[Dict[str, Any]], num_jobs: int, engine_opts: EngineOp
             led.flush()
             bar.update(len(batch))
 
+        if executor is not None:
+            _run_on_executor(executor, tasks, num_jobs, engine_opts, record)
+            return results
         if num_jobs <= 1:
             _init_worker(engine_opts)
             for task in tasks:
@@ -413,6 +417,37 @@ def _run_tasks(tasks: List[Dict[str, Any]], num_jobs: int, engine_opts: EngineOp
                     fut.cancel()
                 raise
     return results
+
+
+def _run_on_executor(executor: cf.Executor, tasks: List[Dict[str, Any]], num_jobs: int,
+                     engine_opts: EngineOptions, record: Any) -> None:
+    """Chunks of ``tasks`` on any ``concurrent.futures`` executor (Dask, Ray, ...), a bounded number in
+    flight: a cluster never holds the whole run's task list, and an interruption loses little work."""
+    from tts_gen.executors import executor_workers, run_chunk
+
+    workers = executor_workers(executor, num_jobs)
+    chunk = max(1, min(16, len(tasks) // (workers * 4) or 1))
+    # Remote workers have their own working directory: they get absolute paths (the manifests keep
+    # the paths as given, exactly as a local run writes them).
+    remote = [dict(t, path=os.path.abspath(t["path"])) for t in tasks]
+    chunks = iter([remote[i:i + chunk] for i in range(0, len(remote), chunk)])
+    opts = {k: dict(v) for k, v in engine_opts.items()}
+    pending: set = set()
+    try:
+        while True:
+            for part in chunks:
+                pending.add(executor.submit(run_chunk, opts, part))
+                if len(pending) >= 4 * workers:
+                    break
+            if not pending:
+                return
+            done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                record(fut.result())
+    except BaseException:
+        for fut in pending:
+            fut.cancel()
+        raise
 
 
 def _write_manifests(rows: List[Tuple[TextItem, str, Voice, int, Path]], paths: Dict[str, Path], domain: str,
@@ -460,6 +495,7 @@ def generate(
     max_chars: int = MAX_CHARS,
     lexicon: Optional[PathLike] = None,
     pron_variants: int = 0,
+    executor: Optional[cf.Executor] = None,
 ) -> GenerationSummary:
     """Speak ``texts`` with ``voices`` into ``out_dir``; resumable, shardable, parallel.
 
@@ -470,6 +506,8 @@ def generate(
     Pronunciation control (:mod:`tts_gen.pronounce`) is on with a ``lexicon`` TSV, ``pron_variants``
     > 0 (variants per term in a line's ``names``) or a line's ``pronunciations`` field; each
     supervision then records ``custom["pronunciations"]``.
+    ``executor`` (see :mod:`tts_gen.executors`) runs the synthesis elsewhere (Dask, Ray); the ledger,
+    manifests and resume work exactly as with the local pool, so the outputs are the same.
     """
     start = time.perf_counter()
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", prefix):
@@ -510,7 +548,7 @@ def generate(
     previous = _read_ledger(ledger)
     done = {t["id"]: previous[t["id"]]["num_samples"] for t in tasks if _verified(previous.get(t["id"]), t)}
     pending = [t for t in tasks if t["id"] not in done]
-    results = _run_tasks(pending, num_jobs, engine_opts, ledger, progress)
+    results = _run_tasks(pending, num_jobs, engine_opts, ledger, progress, executor)
 
     rows = []
     for (item, text), task in zip(good, tasks):
