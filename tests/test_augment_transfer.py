@@ -343,3 +343,15 @@ def test_schedule_accepts_the_documented_transfer_block():
                                     "augment": {"medication_synth": block}}, where="sched.yaml", key="stages[0]")
     cfg = stage.augment["medication_synth"]
     assert cfg.uses_transfer and cfg.pitch_semitones == [-2.0, 2.0] and cfg.mic_eq_gain_db == 6.0
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 300])
+def test_transforms_survive_tiny_inputs(n):
+    """A 0- or 5-sample cut must not crash a training epoch; length-keeping transforms keep it."""
+    x = (0.1 * np.random.default_rng(n).standard_normal((1, n))).astype(np.float32)
+    for transform in (Vtlp(alpha=1.1), PitchShift(semitones=-2.0), Telephone(codec="mulaw"),
+                      MicEq(bands=draw_mic_eq(random.Random(1), 3, 6.0))):
+        y = transform(x, SR)
+        assert y.shape == x.shape and y.dtype == np.float32 and np.all(np.isfinite(y)), transform
+    y = WsolaTempo(factor=0.9)(x, SR)
+    assert y.shape == (1, perturb_num_samples(n, 0.9)) and np.all(np.isfinite(y))

@@ -153,7 +153,7 @@ class MicEq(AudioTransform):
     def __call__(self, samples: np.ndarray, sampling_rate: int) -> np.ndarray:
         from scipy.signal import sosfilt
 
-        if not self.bands:
+        if not self.bands or np.asarray(samples).shape[-1] == 0:  # scipy cannot filter an empty array
             return np.asarray(samples, dtype=np.float32)
         sos = eq_sos(self.bands, int(sampling_rate))
         return sosfilt(sos, np.asarray(samples, dtype=np.float64), axis=-1).astype(np.float32)
