@@ -218,6 +218,15 @@ def _pattern(draws: dict) -> tuple:
     return tuple(k in draws for k in FLAGS)
 
 
+def _same_pattern_probability(cfg: AugmentConfig) -> float:
+    """Chance that two independent draws fire exactly the same set of transfer transforms."""
+    q = 1.0
+    for name in FLAGS.values():
+        p = getattr(cfg, name)
+        q *= p * p + (1 - p) * (1 - p)
+    return q
+
+
 def _within_binomial(k: int, n: int, p: float, sigmas: float = 5.0) -> bool:
     return abs(k - n * p) <= sigmas * (n * p * (1 - p)) ** 0.5
 
@@ -238,10 +247,7 @@ def test_per_epoch_augmentation_variety():
     assert _epoch_ids(augment_cuts(base, TRANSFER, seed=6), 1) != e1  # the seed matters
     d1 = [_draws(a, c.id) for a, c in zip(e1, base)]
     d2 = [_draws(b, c.id) for b, c in zip(e2, base)]
-    same_pattern = 1.0
-    for name in FLAGS.values():
-        p = getattr(TRANSFER, name)
-        same_pattern *= p * p + (1 - p) * (1 - p)
+    same_pattern = _same_pattern_probability(TRANSFER)
     same = sum(_pattern(a) == _pattern(b) for a, b in zip(d1, d2))
     assert _within_binomial(same, n, same_pattern), (same, n * same_pattern)
     # Where VTLP fires in both epochs its factor is a fresh draw: equal only by rounding chance (1/200).
@@ -281,6 +287,33 @@ def test_realised_transfer_rates_match_configured_probabilities():
         values = [float(d[flag]) for d in draws if flag in d]
         assert all(lo <= v <= hi for v in values), key
         assert max(values) - min(values) > 0.8 * (hi - lo), key  # the whole range is used
+
+
+def test_oversampled_copies_get_independent_transfer_draws():
+    """Through the schedule's path (mix, then augment per source): ``_rep<k>`` copies differ."""
+    from synthasr.augment import augment_sources
+    from synthasr.data.mixing import mix_sources
+
+    def tagged(n, prefix, source):
+        return CutSet.from_cuts(fastcopy(c, id=f"{prefix}{i}", supervisions=[
+            fastcopy(c.supervisions[0], id=f"{prefix}{i}", custom={"mix_source": source})])
+            for i, c in enumerate(_metadata_cuts(n)))
+
+    mixed = mix_sources({"general": tagged(600, "g", "general"), "medication_synth": tagged(100, "s", "medication_synth")},
+                        {"general": 0.5, "medication_synth": 0.5}, seed=3, num_cuts=1200, tag_key="mix_source")
+    stream = augment_sources(mixed, {"medication_synth": TRANSFER}, seed=3, source_key="mix_source")
+    stream.data.set_epoch(1)
+    copies = {}
+    for cut in stream:
+        base_id = cut.id.split("_")[0]
+        if base_id.startswith("g"):
+            assert cut.id == base_id  # no config for this source: untouched
+            continue
+        rep = next((t for t in cut.id.split("_") if t.startswith("rep")), "rep0")
+        copies.setdefault(base_id, {})[rep] = _pattern(_draws(cut.id.replace(f"_{rep}", ""), base_id))
+    pairs = [(v["rep0"], v["rep1"]) for v in copies.values() if "rep0" in v and "rep1" in v]
+    assert len(pairs) >= 90
+    assert _within_binomial(sum(a == b for a, b in pairs), len(pairs), _same_pattern_probability(TRANSFER))
 
 
 def test_transfer_keys_off_leave_older_draws_untouched():
