@@ -314,8 +314,9 @@ def generate_variants(terms: Iterable[str], max_variants: int = DEFAULT_MAX_VARI
     """Up to ``max_variants`` distinct pronunciations per term: varieties' rules, then stress shifts.
 
     Deterministic for a ``seed`` (the stress shifts kept are a seeded choice). A variety whose
-    mnemonics *and* IPA equal an earlier one's is dropped. Up to ``max_stress`` slots (never all of
-    them) are kept for stress shifts of the :data:`PRIMARY_VARIETY` form, if the term has any.
+    mnemonics *and* IPA equal an earlier one's is dropped. Stress shifts of the :data:`PRIMARY_VARIETY`
+    form take at most ``max_stress`` slots and fewer than half (a real accent is the likelier guess
+    than a moved stress), unless the varieties run out first.
     """
     terms = sorted(set(normalize_term(t) for t in terms) - {""})
     if max_variants < 1 or not terms:
@@ -338,7 +339,7 @@ def generate_variants(terms: Iterable[str], max_variants: int = DEFAULT_MAX_VARI
                 lts.append(Pronunciation(term, espeak=x, ipa=ipa, origin=v))
         stressed = [Pronunciation(term, espeak=x, ipa=shift_ipa[(term, x)], origin=f"{base}+stress{n}")
                     for x, n in shifts[term]]
-        n_stress = min(len(stressed), max_stress, max_variants - 1)
+        n_stress = min(len(stressed), max_stress, (max_variants - 1) // 2)
         n_lts = min(len(lts), max_variants - n_stress)
         n_stress = min(len(stressed), max_variants - n_lts)
         out[term] = lts[:n_lts] + stressed[:n_stress]
