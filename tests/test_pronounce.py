@@ -191,6 +191,8 @@ def test_lexicon_alternatives_and_ipa_derived_for_piper(tmp_path):
     assert [p.ipa for p in got["zolpidem"]] == ["zˈɑːlpɪdəm", "zɑːlpˈaɪdəm"]  # espeak-ng's own IPA for them
     assert got["ibuprofen"] == [Pronunciation("ibuprofen", ipa="ˈaɪbjuːpɹoʊfən")]
     assert markup("no ibuprofen or ibuprofens", {"ibuprofen": "X"}) == "no [[X]] or ibuprofens"
+    spans = pronounce.term_spans("insulin glargine and insulin, glargine", ["insulin", "glargine", "insulin glargine"])
+    assert [t for _s, _e, t in spans] == ["insulin glargine", "insulin", "glargine"]  # longest wins; ',' splits
 
 
 def _jsonl(path: Path, rows) -> Path:

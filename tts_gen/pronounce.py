@@ -97,14 +97,40 @@ def normalize_term(term: str) -> str:
         raise PronunciationError(f"term {term!r}: {e}") from None
 
 
+class TermMatcher:
+    """Whole-word term spans by word n-gram lookup: a run's thousands of terms cost per word, not per term."""
+
+    def __init__(self, terms: Iterable[str]) -> None:
+        self.terms = frozenset(t for t in terms if t)
+        self.max_words = max((t.count(" ") + 1 for t in self.terms), default=0)
+
+    def spans(self, text: str) -> List[Tuple[int, int, str]]:
+        """Every ``(start, end, term)`` occurrence, overlaps included (see :func:`resolve_overlaps`)."""
+        words = list(re.finditer(r"[a-z']+", text))
+        found = []
+        for i, first in enumerate(words):
+            for n in range(1, min(self.max_words, len(words) - i) + 1):
+                last = words[i + n - 1]
+                if n > 1 and text[words[i + n - 2].end():last.start()] != " ":
+                    break
+                candidate = text[first.start():last.end()]
+                if candidate in self.terms:
+                    found.append((first.start(), last.end(), candidate))
+        return found
+
+
+def resolve_overlaps(spans: Iterable[Tuple[int, int, str]]) -> List[Tuple[int, int, str]]:
+    """Non-overlapping spans in text order; a longer term wins over one inside or across it."""
+    taken: List[Tuple[int, int, str]] = []
+    for start, end, term in sorted(set(spans), key=lambda s: (-(s[1] - s[0]), s[0])):
+        if all(end <= s or start >= e for s, e, _ in taken):
+            taken.append((start, end, term))
+    return sorted(taken)
+
+
 def term_spans(text: str, terms: Iterable[str]) -> List[Tuple[int, int, str]]:
     """Non-overlapping whole-word ``(start, end, term)`` spans in ``text``; longer terms win overlaps."""
-    taken: List[Tuple[int, int, str]] = []
-    for term in sorted(set(t for t in terms if t), key=lambda t: (-len(t), t)):
-        for m in re.finditer(r"(?<![a-z'])" + re.escape(term) + r"(?![a-z'])", text):
-            if all(m.end() <= s or m.start() >= e for s, e, _ in taken):
-                taken.append((m.start(), m.end(), term))
-    return sorted(taken)
+    return resolve_overlaps(TermMatcher(terms).spans(text))
 
 
 def markup(text: str, phonemes: Mapping[str, str]) -> str:
@@ -201,9 +227,23 @@ def _given(term: str, by_engine: Mapping[str, Sequence[str]], binary: str, where
     ipa = list(by_engine.get("piper", []))
     derived: List[Optional[str]] = [None] * len(espeak)
     if espeak and not ipa and shutil.which(binary):
-        derived = list(espeak_phonemes([f"[[{p}]]" for p in espeak], PRIMARY_VARIETY, binary, ipa=True, where=where))
+        derived = list(ipa_of(espeak, binary, where))
     return ([Pronunciation(term, espeak=p, ipa=d) for p, d in zip(espeak, derived)]
             + [Pronunciation(term, ipa=p) for p in ipa])
+
+
+_IPA_CACHE: Dict[Tuple[str, str], str] = {}
+
+
+def ipa_of(mnemonics: Sequence[str], binary: str = "espeak-ng", where: str = "espeak-ng") -> List[str]:
+    """espeak-ng's IPA for mnemonics (read by :data:`PRIMARY_VARIETY`), cached per process.
+
+    Input lines repeat the same respellings thousands of times; one espeak-ng run per distinct string.
+    """
+    todo = sorted({m for m in mnemonics if (binary, m) not in _IPA_CACHE})
+    for m, ipa in zip(todo, espeak_phonemes([f"[[{m}]]" for m in todo], PRIMARY_VARIETY, binary, ipa=True, where=where)):
+        _IPA_CACHE[(binary, m)] = ipa
+    return [_IPA_CACHE[(binary, m)] for m in mnemonics]
 
 
 def parse_line_field(value: Any, where: str, binary: str = "espeak-ng") -> Lexicon:
@@ -374,6 +414,9 @@ class PronunciationPlan:
     seed: int = 0
     binary: str = "espeak-ng"
 
+    def __post_init__(self) -> None:
+        self._matcher = TermMatcher(set(self.lexicon) | set(self.variants))
+
     def options(self, text: str, names: Any = None, line_field: Any = None,
                 where: str = "<input>") -> Dict[str, List[Pronunciation]]:
         """Term -> options for one utterance's spoken ``text``: the line's own, the lexicon's, variants.
@@ -382,23 +425,22 @@ class PronunciationPlan:
         was given for.
         """
         given = parse_line_field(line_field, where, self.binary) if line_field is not None else {}
-        spans = {term for _s, _e, term in term_spans(text, given)}
-        missing = sorted(set(given) - spans)
+        own = TermMatcher(given).spans(text)
+        missing = sorted(set(given) - {term for _s, _e, term in own})
         if missing:
             raise PronunciationError(f"{where}: pronunciations: term {missing[0]!r} does not occur in the text {text!r}")
-        found = {term for _s, _e, term in term_spans(text, set(self.lexicon) | set(self.variants) | set(given))}
-        out: Dict[str, List[Pronunciation]] = {}
-        for term in found:
-            opts = given.get(term) or self.lexicon.get(term) or (self.variants.get(term) if term in _names(names) else None)
-            if opts:
-                out[term] = opts
-        return out
+        line_names = _names(names) if self.variants else set()
+
+        def options_of(term: str) -> Optional[List[Pronunciation]]:
+            return given.get(term) or self.lexicon.get(term) or (self.variants.get(term) if term in line_names else None)
+
+        usable = [span for span in own + self._matcher.spans(text) if options_of(span[2])]
+        return {term: options_of(term) for _s, _e, term in resolve_overlaps(usable)}  # type: ignore[misc]
 
     def choose_for(self, text: str, engine: str, utt_id: str, options: Mapping[str, Sequence[Pronunciation]]) -> List[Dict[str, Any]]:
         """Manifest records, in text order, of the pronunciation ``engine`` uses for each term."""
         order = [term for _s, _e, term in term_spans(text, options)]
-        records = [choose(options[t], engine, self.seed, utt_id, t).record(engine) for t in dict.fromkeys(order)]
-        return records
+        return [choose(options[t], engine, self.seed, utt_id, t).record(engine) for t in dict.fromkeys(order)]
 
 
 def _names(names: Any) -> set:
