@@ -7,8 +7,9 @@ move the audio to voices the engines never produce, at training time and lazily 
 * :class:`Vtlp` warps the frequency axis of the STFT with the piecewise-linear VTLP map of Jaitly &
   Hinton (2013): ``f -> alpha * f`` up to a boundary, then a straight line to Nyquist, so nothing is
   pushed past Nyquist. Harmonics and formants move together, as in VTLP on filterbanks. Phases are
-  re-synthesised phase-vocoder style (warped instantaneous frequency, accumulated per frame), so a
-  tone at ``f`` comes out as a clean tone at ``alpha * f`` instead of a smeared one.
+  re-synthesised phase-vocoder style (warped instantaneous frequency, accumulated per frame) with
+  identity phase locking around spectral peaks, so a tone at ``f`` comes out as a clean tone at
+  ``alpha * f`` and a harmonic signal keeps coherent partials (less "phasy" than a plain vocoder).
 * :class:`PitchShift` resamples by ``2^(s/12)`` and time-stretches back to the original length with
   WSOLA: pitch (and, as with any resampling shift, the formants) moves by ``s`` semitones, the
   duration and therefore the supervision times do not change.
@@ -111,11 +112,32 @@ def vtlp(x: np.ndarray, alpha: float, sampling_rate: int) -> np.ndarray:
     hi = np.clip(lo + 1, 0, len(bins) - 1)
     frac = source - lo
     out_mag = (1 - frac) * mag[:, lo] + frac * mag[:, hi]
-    nearest = np.where(mag[:, hi] > mag[:, lo], hi[None, :], lo[None, :])
-    out_hz = vtlp_warp(np.take_along_axis(inst_hz, nearest, axis=1), alpha, sampling_rate)
-    out_phase = phase[:1, lo] + np.cumsum(2 * np.pi * HOP * out_hz / sampling_rate, axis=0)
+    louder = np.where(mag[:, hi] > mag[:, lo], hi[None, :], lo[None, :])
+    out_hz = vtlp_warp(np.take_along_axis(inst_hz, louder, axis=1), alpha, sampling_rate)
+    free = phase[:1, lo] + np.cumsum(2 * np.pi * HOP * out_hz / sampling_rate, axis=0)
+    # Identity phase locking (Laroche & Dolson): only spectral peaks run on their own accumulated
+    # phase; the bins around a peak keep their input phase offsets to it, so each harmonic stays one
+    # coherent partial instead of a smear of independently drifting bins (the "phasy" sound).
+    peak = _nearest_peak(out_mag)
+    near = np.clip(np.rint(source).astype(int), 0, len(bins) - 1)
+    offset = phase[:, near] - np.take_along_axis(phase[:, near], peak, axis=1)
+    out_phase = np.take_along_axis(free, peak, axis=1) + offset
     y = _istft(out_mag * np.exp(1j * out_phase), len(x))
     return _match_rms(y, x)
+
+
+def _nearest_peak(mag: np.ndarray) -> np.ndarray:
+    """(frames, bins) index of the closest local maximum of each frame's magnitude (ties: lower one)."""
+    n = mag.shape[1]
+    idx = np.broadcast_to(np.arange(n), mag.shape)
+    left = np.concatenate([np.full((len(mag), 1), -np.inf), mag[:, :-1]], axis=1)
+    right = np.concatenate([mag[:, 1:], np.full((len(mag), 1), -np.inf)], axis=1)
+    is_peak = (mag > left) & (mag >= right)
+    below = np.maximum.accumulate(np.where(is_peak, idx, -1), axis=1)
+    above = np.minimum.accumulate(np.where(is_peak, idx, 2 * n)[:, ::-1], axis=1)[:, ::-1]
+    use_above = (below < 0) | ((above < n) & (above - idx < idx - below))
+    peak = np.where(use_above, above, below)
+    return np.where((peak < 0) | (peak >= n), idx, peak)  # a frame without peaks (silence): itself
 
 
 def _match_rms(y: np.ndarray, reference: np.ndarray) -> np.ndarray:
