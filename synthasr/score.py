@@ -220,6 +220,8 @@ class WerResult:
     deletions: Counter = field(default_factory=Counter)  # ref word -> count
     terms: Optional["TermStats"] = None  # term recall/precision, when scored with a term list
     files: Dict[str, str] = field(default_factory=dict)  # result files written for it (kind -> path)
+    breakdown_field: Optional[str] = None  # the cut tag ``breakdown`` is keyed by (e.g. "engine")
+    breakdown: Dict[str, "WerResult"] = field(default_factory=dict)  # tag value -> result of its utterances
 
     @property
     def wer(self) -> float:
@@ -239,7 +241,21 @@ class WerResult:
             "top_insertions": [[w, n] for w, n in self.insertions.most_common(top)],
             "top_deletions": [[w, n] for w, n in self.deletions.most_common(top)],
             **({"terms": self.terms.to_dict(top)} if self.terms is not None else {}),
+            **({"breakdown": {"field": self.breakdown_field, "groups": self.breakdown_summary()}}
+               if self.breakdown else {}),
         }
+
+    def breakdown_summary(self) -> Dict[str, Dict[str, object]]:
+        """Per tag value: WER, size and term recall/precision (total and per term group)."""
+        out: Dict[str, Dict[str, object]] = {}
+        for value, sub in sorted(self.breakdown.items()):
+            row: Dict[str, object] = {"wer": round(sub.wer, 4), "num_utts": len(sub.utts),
+                                      "ref_words": sub.word.ref_words, "errors": sub.word.errors}
+            if sub.terms is not None:
+                row["terms"] = {**sub.terms.total.to_dict(),
+                                "groups": {g: c.to_dict() for g, c in sorted(sub.terms.groups.items())}}
+            out[value] = row
+        return out
 
 
 def _normalized_words(text: str, utt_id: str, side: str) -> List[str]:
@@ -270,6 +286,37 @@ def compute_wer(pairs: Iterable[Tuple[str, str, str]], backend: str = "auto",
         if terms is not None:
             result.terms.add(score_terms(utt_id, ref, hyp, alignment, terms))
     return result
+
+
+def add_breakdown(result: WerResult, pairs: Sequence[Tuple[str, str, str]], group_of: Dict[str, str],
+                  field_name: str, backend: str = "auto", terms: Optional["TermList"] = None) -> WerResult:
+    """Score ``pairs`` again per group (``group_of``: utterance id -> tag value, e.g. the TTS engine)
+    into ``result.breakdown``, so one decode gives per-engine WER and term recall. An utterance id
+    ``<cut>-<k>`` (a cut with several supervisions) takes its cut's value."""
+    groups: Dict[str, List[Tuple[str, str, str]]] = {}
+    for triple in pairs:
+        utt_id = triple[0]
+        value = group_of.get(utt_id)
+        if value is None and "-" in utt_id:
+            value = group_of.get(utt_id.rsplit("-", 1)[0])
+        if value is None:
+            raise ScoreError(f"utterance {utt_id!r} has no {field_name!r} value to break the results down by")
+        groups.setdefault(value, []).append(triple)
+    result.breakdown_field = field_name
+    result.breakdown = {v: compute_wer(g, backend=backend, terms=terms) for v, g in groups.items()}
+    return result
+
+
+def format_breakdown(result: WerResult) -> str:
+    """``wer-by-<field>-*.txt``: one row per tag value (WER, size, term recall/precision)."""
+    lines = [f"{result.breakdown_field}\tWER\tutts\tref_words\tterm_recall\tterm_precision\tterm_mentions"]
+    for value, row in result.breakdown_summary().items():
+        t = row.get("terms") or {}
+        rec, prec = t.get("recall"), t.get("precision")
+        lines.append("\t".join([value, f"{row['wer']:.2f}", str(row["num_utts"]), str(row["ref_words"]),
+                                "n/a" if rec is None else f"{rec:.2f}", "n/a" if prec is None else f"{prec:.2f}",
+                                str(t.get("ref", 0))]))
+    return "\n".join(lines) + "\n"
 
 
 def _empty_term_stats(terms: Optional["TermList"]) -> Optional["TermStats"]:
@@ -693,6 +740,10 @@ def write_results(out_dir: Union[str, Path], test_set_name: str, suffix: str, re
         paths["terms"] = out_dir / f"terms-{test_set_name}-{suffix}.txt"
         with atomic_write(paths["terms"]) as f:
             f.write(format_terms(results.terms))
+    if results.breakdown:
+        paths["breakdown"] = out_dir / f"wer-by-{results.breakdown_field}-{test_set_name}-{suffix}.txt"
+        with atomic_write(paths["breakdown"]) as f:
+            f.write(format_breakdown(results))
     with atomic_write(paths["json"]) as f:
         json.dump({"test_set": test_set_name, "settings": suffix, **results.to_dict()}, f, indent=2)
         f.write("\n")

@@ -63,6 +63,10 @@ def test_report_exists_and_parses(smoke_run: Path) -> None:
     assert "| (f) then top encoder layer unfrozen under EWC + speed perturbation: full multi-stage | `adapt_ewc` |" in results
     assert "| modified_beam_search-hotwords | `adapt_ewc` |" in results  # stage 9 rows, same-decoding changes
     assert "| Whisper tiny.en | greedy-hotwords |" in results  # the peer row beside our models
+    assert "## Cross-engine: held-out voices split by engine" in results  # eval sets' breakdown: engine
+    assert "| `adapt_ewc` | med_test | " in results
+    by_engine = smoke_run / "exp" / "smoke" / "adapt_ewc" / "decode_biasing"
+    assert (by_engine / "wer-by-engine-med_test-modified_beam_search-hotwords.txt").is_file()  # stage 9 too
 
 
 def test_adapted_model_beats_baseline_on_new_domain(smoke_run: Path) -> None:
@@ -119,7 +123,7 @@ def test_real_speech_is_evaluated_never_trained_on(smoke_run: Path) -> None:
 def test_frozen_stages_train_from_one_encoder_cache(smoke_run: Path) -> None:
     caches = sorted((smoke_run / "exp" / "smoke" / "encoder_cache").glob("*/*/cuts.jsonl.gz"))
     assert {p.parent.parent.name for p in caches} == {"general", "medication_synth"}
-    assert len(caches) == 2  # general, adapt_frozen and mix share the pretrained encoder's outputs
+    assert len(caches) == 2  # general and adapt_frozen share the pretrained encoder's outputs
 
 
 def test_peer_row_on_the_same_audio(smoke_run: Path) -> None:

@@ -232,3 +232,31 @@ def test_results_page_shows_names_next_to_wer(tmp_path):
     worst = _write_results_module().render(cfg, "conf/test.yaml", exp, data)
     assert "| general_test | general | 12.00 | 11.00 | -8.3 % | no names | – → 0 false alarms |" in worst
     assert "| metformin | seen | 10 | 6 | 4 | 3 | met for men ×3, (deleted) | (nothing) ×2, metoprolol |" in worst
+
+
+def test_results_page_splits_held_out_voices_by_engine(tmp_path):
+    """The cross-engine table reads the eval sets' ``breakdown`` from each stage's eval.json."""
+    from synthasr.decode.evaluation import eval_summary
+    from synthasr.score import TermList, add_breakdown, compute_wer
+
+    terms = TermList.from_terms([("metformin", "seen"), ("zoloft", "unseen")])
+    group_of = {"e1": "espeak", "e2": "espeak", "p1": "piper"}
+    hyps = {"baseline": ("take met for men", "zoloft now", "take metformin"),
+            "loeo": ("take metformin", "zoloft now", "take met formin")}
+    refs = ("take metformin", "zoloft now", "take metformin")
+    exp = tmp_path / "exp"
+    for index, (stage, hyp) in enumerate(hyps.items()):
+        pairs = list(zip(("e1", "e2", "p1"), refs, hyp))
+        wer = add_breakdown(compute_wer(pairs, terms=terms), pairs, group_of, "engine", terms=terms)
+        (exp / stage).mkdir(parents=True)
+        (exp / stage / "eval.json").write_text(json.dumps(
+            {"stage": stage, "index": index, "results": {"med_test": {"domain": "medication", **eval_summary(wer)}}}))
+    lines = _write_results_module().cross_engine_section(exp, ["baseline", "loeo", "missing"], {"loeo": "(g) LOEO"},
+                                                         ["loeo"])
+    text = "\n".join(lines)
+    assert "## Cross-engine: held-out voices split by engine" in text
+    assert "`loeo` ((g) LOEO) adapts on medication speech of the other engine only" in text
+    assert "| `baseline` | med_test | 75.00 (2) | 0.00 (1) | 50.0 (seen 0.0, unseen 100.0) | 100.0 |" in text
+    assert "| `loeo` | med_test | 0.00 (2) | 100.00 (1) | 100.0 (seen 100.0, unseen 100.0) | 0.0 |" in text
+    assert "missing" not in text  # a stage without eval.json has no row
+    assert _write_results_module().cross_engine_section(tmp_path / "none", ["baseline"], {}, []) == []

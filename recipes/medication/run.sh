@@ -30,7 +30,7 @@ stage_names=(
   "5:bpe:sentencepiece BPE on general-domain training text (the baseline's units)"
   "6:baseline:train the general-domain baseline RNN-T (schedule stage 'general')"
   "7:adapt:multi-stage adaptation: weighted mixing + augmentation + freezing + EWC"
-  "8:ablation:ablation stages from the baseline: synthetic-only, +mixing, +augmentation"
+  "8:ablation:ablation stages from the baseline: synthetic-only, +mixing, +augmentation, leave one engine out"
   "9:decode:modified beam search with and without medication hotword biasing; Whisper tiny.en peer row"
   "10:export:pretrained.pt (+ ONNX for sherpa-onnx)"
   "11:report:report.json/md/png/html and RESULTS.md"
@@ -270,13 +270,16 @@ if should_run 9 decode; then
   terms=(--terms "$data/text/names_used.txt" --terms-group-column 3)  # name recall, seen vs unseen
   for model_stage in "$baseline_stage" "$final_stage"; do
     for part in "${parts[@]}"; do
+      by_engine=(--breakdown engine)  # synthetic sets: WER and name recall per TTS engine too
+      [ "$part" != general_real ] || by_engine=()
       synthasr evaluate --model "$exp/$model_stage/final.pt" --cuts "$data/fbank/${part}_cuts_fbank.jsonl.gz" \
         --out-dir "$exp/$model_stage/decode_biasing" --name "$part" --method "$method" \
-        --beam-size "$(conf decode.beam_size 4)" --suffix "$method" "${terms[@]}"
+        --beam-size "$(conf decode.beam_size 4)" --suffix "$method" "${terms[@]}" "${by_engine[@]}"
       synthasr evaluate --model "$exp/$model_stage/final.pt" --cuts "$data/fbank/${part}_cuts_fbank.jsonl.gz" \
         --out-dir "$exp/$model_stage/decode_biasing" --name "$part" --method "$method" \
         --beam-size "$(conf decode.beam_size 4)" --suffix "${method}-hotwords" \
-        --hotwords-file "$data/text/hotwords.txt" --hotword-score "$(conf decode.hotword_score 0.5)" "${terms[@]}"
+        --hotwords-file "$data/text/hotwords.txt" --hotword-score "$(conf decode.hotword_score 0.5)" "${terms[@]}" \
+        "${by_engine[@]}"
     done
   done
   if [ "$(conf peer.enabled false)" = true ]; then

@@ -99,10 +99,12 @@ def decode(audio: Tuple[str, ...], model_path: str, method: str, beam_size: int,
               help="Term list (one per line, first tab-separated column) scored for recall/precision.")
 @click.option("--terms-group-column", type=click.IntRange(min=2), default=None,
               help="1-based column of --terms holding the group recall is split by (3 for names_used.txt).")
+@click.option("--breakdown", default=None, metavar="TAG",
+              help="Also score per value of this cut tag (e.g. engine): wer-by-TAG-*.txt.")
 def evaluate(model_path: str, method: str, beam_size: int, hotwords: Tuple[str, ...], hotwords_file: Optional[str],
              hotword_score: float, device: str, num_threads: Optional[int], cuts_path: str, out_dir: str,
              test_set_name: str, suffix: Optional[str], max_duration: float, terms_file: Optional[str],
-             terms_group_column: Optional[int]) -> None:
+             terms_group_column: Optional[int], breakdown: Optional[str]) -> None:
     """Decode a CutSet, write recogs/errs/wer-summary (+ terms) files to OUT_DIR and print the WER."""
     from lhotse import load_manifest_lazy
 
@@ -127,7 +129,8 @@ def evaluate(model_path: str, method: str, beam_size: int, hotwords: Tuple[str, 
     try:
         result = run_evaluate(bundle.model, bundle.tokenizer, cuts, out_dir, test_set_name, method=method,
                               beam_size=beam_size, device=device, max_duration=max_duration,
-                              feature_config=bundle.feature_config, context_graph=graph, suffix=suffix, terms=terms)
+                              feature_config=bundle.feature_config, context_graph=graph, suffix=suffix, terms=terms,
+                              breakdown=breakdown)
     except EvaluateError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{test_set_name}\t{result.wer:.2f}% WER ({result.word.ref_words} words) -> {Path(out_dir)}")
@@ -135,6 +138,9 @@ def evaluate(model_path: str, method: str, beam_size: int, hotwords: Tuple[str, 
         t = result.terms.total
         click.echo(f"{test_set_name}\tterm recall {_percent(t.recall)} ({t.hits}/{t.ref}), precision "
                    f"{_percent(t.precision)} ({t.false_alarms} false alarms)")
+    for value, sub in sorted(result.breakdown.items()):
+        recall = "" if sub.terms is None else f", term recall {_percent(sub.terms.total.recall)}"
+        click.echo(f"{test_set_name}\t[{breakdown}={value}] {sub.wer:.2f}% WER ({len(sub.utts)} utterances){recall}")
 
 
 def _percent(value: Optional[float]) -> str:

@@ -98,12 +98,23 @@ def decode_cuts(model, tokenizer, cuts, method: str = "greedy_search", beam_size
 
 def evaluate(model, tokenizer, cuts, out_dir: Union[str, Path], test_set_name: str, method: str = "greedy_search",
              beam_size: int = 4, device: Union[str, torch.device] = "cpu", max_duration: float = 300.0,
-             feature_config=None, context_graph=None, suffix: Optional[str] = None, terms=None):
+             feature_config=None, context_graph=None, suffix: Optional[str] = None, terms=None,
+             breakdown: Optional[str] = None):
     """Decode ``cuts``, write ``recogs-*``, ``errs-*`` and ``wer-summary-*`` into ``out_dir`` and return
     the :class:`synthasr.score.WerResult`. ``suffix`` defaults to the method (+ beam size). With
     ``terms`` (a :class:`synthasr.score.TermList`) term recall/precision are scored too and written to
-    ``terms-*.txt`` and the ``wer-*.json``. ``result.files`` says where each file went."""
-    from synthasr.score import compute_wer, write_results
+    ``terms-*.txt`` and the ``wer-*.json``. With ``breakdown`` (a cut tag such as ``engine``) the same
+    hypotheses are scored per tag value too (``wer-by-<tag>-*.txt``, ``result.breakdown``): per-engine
+    WER and term recall from one decode. ``result.files`` says where each file went."""
+    from synthasr.data.tags import TagError, tag_values
+    from synthasr.score import add_breakdown, compute_wer, write_results
+
+    group_of = None
+    if breakdown is not None:
+        try:  # before decoding: a set without the tag fails in a second, not after the decode
+            group_of = tag_values(cuts, breakdown)
+        except TagError as e:
+            raise EvaluateError(f"{test_set_name}: cannot break results down by {breakdown!r}: {e}") from None
 
     results = decode_cuts(model, tokenizer, cuts, method=method, beam_size=beam_size, device=device,
                           max_duration=max_duration, feature_config=feature_config, context_graph=context_graph)
@@ -112,12 +123,18 @@ def evaluate(model, tokenizer, cuts, out_dir: Union[str, Path], test_set_name: s
         if context_graph is not None:
             suffix += "_hotwords"
     wer = compute_wer(results, terms=terms)
+    if group_of is not None:
+        add_breakdown(wer, results, group_of, breakdown, terms=terms)
     wer.files = {kind: str(path) for kind, path in write_results(out_dir, test_set_name, suffix, wer).items()}
     log.info("%s %s: WER %.2f%% over %d utterances", test_set_name, suffix, wer.wer, len(results))
     if wer.terms is not None:
         t = wer.terms.total
         log.info("%s %s: term recall %s, precision %s (%d reference mentions, %d false alarms)", test_set_name,
                  suffix, _percent(t.recall), _percent(t.precision), t.ref, t.false_alarms)
+    for value, sub in sorted(wer.breakdown.items()):
+        recall = "" if sub.terms is None else f", term recall {_percent(sub.terms.total.recall)}"
+        log.info("%s %s [%s=%s]: WER %.2f%% over %d utterances%s", test_set_name, suffix, breakdown, value,
+                 sub.wer, len(sub.utts), recall)
     return wer
 
 
@@ -138,6 +155,8 @@ def eval_summary(wer, relative_to: Optional[Union[str, Path]] = None, top_terms:
     }
     if wer.terms is not None:
         out["terms"] = wer.terms.to_dict(top_terms)
+    if wer.breakdown:
+        out["breakdown"] = {"field": wer.breakdown_field, "groups": wer.breakdown_summary()}
     recogs = wer.files.get("recogs")
     if recogs is not None:
         path = Path(recogs)

@@ -63,18 +63,25 @@ class ScheduleError(ValueError):
 # --------------------------------------------------------------------------------------------- #
 @dataclass
 class SourceConfig:
-    """A training source: one or more cut manifests; ``domain`` tags supervisions lacking a domain."""
+    """A training source: one or more cut manifests; ``domain`` tags supervisions lacking a domain.
+
+    ``where`` keeps only the cuts whose tags match (``{engine: espeak}``, or a list of allowed values):
+    a leave-one-engine-out source is a filter over the full manifests, not another copy of them, and
+    with ``encoder_cache`` it reuses the cache of an unfiltered source over the same manifests."""
 
     cuts: List[str]
     domain: Optional[str] = None
+    where: Optional[Dict[str, Union[str, List[str]]]] = None
 
 
 @dataclass
 class EvalSetConfig:
-    """An evaluation set; ``domain`` defaults to the majority ``custom['domain']`` of its cuts."""
+    """An evaluation set; ``domain`` defaults to the majority ``custom['domain']`` of its cuts.
+    ``breakdown`` (a cut tag, e.g. ``engine``) also scores every decode per tag value."""
 
     cuts: str
     domain: Optional[str] = None
+    breakdown: Optional[str] = None
 
 
 @dataclass
@@ -257,6 +264,43 @@ def _tag_domain(cuts, domain: Optional[str]):
     return CutSet.from_cuts(tag(c) for c in cuts)
 
 
+def _check_tags(cuts, field: str, path: Path, where: str) -> None:
+    from synthasr.data.tags import TagError, tag_values
+
+    try:
+        tag_values(cuts, field)
+    except TagError as e:
+        raise _err(path, where, str(e)) from None
+
+
+def _select_source(cuts, spec: SourceConfig, path: Path, where: str):
+    """The cuts matching ``spec.where``; no match at all is an error (a typo in a tag value)."""
+    from synthasr.data.tags import TagError, select_cuts
+
+    for field in spec.where:
+        _check_tags(cuts, field, path, where)
+    try:
+        chosen = select_cuts(cuts, spec.where)
+    except TagError as e:  # pragma: no cover - _check_tags found every tag
+        raise _err(path, where, str(e)) from None
+    if len(chosen) == 0:
+        raise _err(path, where, f"no cut of {', '.join(spec.cuts)} matches {dict(spec.where)}")
+    return chosen
+
+
+def _cache_parent(plan: "_Plan", name: str) -> Optional[str]:
+    """For a filtered source (``where``), an unfiltered source over the same manifests whose encoder
+    cache it can reuse; None otherwise."""
+    specs = {n: SourceConfig(cuts=s) if isinstance(s, list) else s for n, s in plan.cfg.base.sources.items()}
+    spec = specs[name]
+    if not spec.where:
+        return None
+    for other, o in specs.items():
+        if other != name and not o.where and list(o.cuts) == list(spec.cuts):
+            return other
+    return None
+
+
 def _majority_domain(cuts) -> str:
     from synthasr.data.mixing import source_counts
 
@@ -324,13 +368,18 @@ def validate_schedule(
     sources = {}
     for name, spec in base.sources.items():
         spec = SourceConfig(cuts=spec) if isinstance(spec, list) else spec
-        sources[name] = _tag_domain(_load_cuts(spec.cuts, path, f"base.sources.{name}"), spec.domain)
+        cuts = _load_cuts(spec.cuts, path, f"base.sources.{name}")
+        if spec.where:
+            cuts = _select_source(cuts, spec, path, f"base.sources.{name}.where")
+        sources[name] = _tag_domain(cuts, spec.domain)
     eval_sets, eval_domains = {}, {}
     for name, spec in base.eval_sets.items():
         spec = EvalSetConfig(cuts=spec) if isinstance(spec, str) else spec
         cuts = _load_cuts([spec.cuts], path, f"base.eval_sets.{name}")
         eval_sets[name] = _tag_domain(cuts, spec.domain)
         eval_domains[name] = spec.domain or _majority_domain(cuts)
+        if spec.breakdown:
+            _check_tags(cuts, spec.breakdown, path, f"base.eval_sets.{name}.breakdown")
     if base.assets.babble_source is not None and base.assets.babble_source not in sources:
         raise _err(path, "base.assets.babble_source", f"unknown source {base.assets.babble_source!r}")
 
@@ -597,6 +646,16 @@ def _encoder_cache_sources(plan: _Plan, stage: StageConfig, model, train_cfg) ->
     for name, weight in sorted(stage.data.items()):
         if weight > 0:
             log.info("stage %s: encoder outputs of source %s (cache key %s)", stage.name, name, key)
+            parent = _cache_parent(plan, name)
+            if parent is not None:  # a filter over another source's manifests: filter its cache
+                from synthasr.data.tags import select_cuts
+
+                spec = plan.cfg.base.sources[name]
+                full = build_encoder_cache(model, plan.sources[parent], plan.exp_dir / "encoder_cache" / parent / key,
+                                           train_cfg.features, max_duration=train_cfg.data.max_duration,
+                                           device=device, on_the_fly_features=train_cfg.data.on_the_fly_features)
+                out[name] = select_cuts(full, spec.where)
+                continue
             out[name] = build_encoder_cache(model, plan.sources[name], plan.exp_dir / "encoder_cache" / name / key,
                                             train_cfg.features, max_duration=train_cfg.data.max_duration,
                                             device=device, on_the_fly_features=train_cfg.data.on_the_fly_features)
@@ -742,6 +801,7 @@ def _fisher_meta(plan: _Plan, reg: RegularizationConfig, init_ckpt: Path, train_
         "estimator": FISHER_ESTIMATOR, "batches": reg.fisher_batches, "utterances": reg.fisher_utterances,
         "seed": reg.fisher_seed, "max_duration": reg.fisher_max_duration or train_cfg.data.max_duration,
         "loss": to_dict(train_cfg.loss), "features": to_dict(train_cfg.features), "domain": spec.domain,
+        **({"where": dict(spec.where)} if spec.where else {}),  # (absent key: older caches stay valid)
     }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for path in [init_ckpt, *spec.cuts]:
@@ -792,6 +852,10 @@ def _compute_fisher(plan: _Plan, reg: RegularizationConfig, model, train_cfg, lo
         model.to("cpu")
 
 
+def _breakdown(spec: Union[str, EvalSetConfig]) -> Optional[str]:
+    return None if isinstance(spec, str) else spec.breakdown
+
+
 def _evaluate_stage(plan: _Plan, stage: StageConfig, index: int, final: Path,
                     local_rank: int = 0) -> Dict[str, Dict[str, Any]]:
     import torch
@@ -815,7 +879,8 @@ def _evaluate_stage(plan: _Plan, stage: StageConfig, index: int, final: Path,
     for name in names:
         wer = evaluate(model, plan.tokenizer, plan.eval_sets[name], out_dir=stage_dir / "decode", test_set_name=name,
                        method=dec.method, beam_size=dec.beam_size, device=device, max_duration=dec.max_duration,
-                       feature_config=ckpt.get("feature_config") or None, terms=plan.terms)
+                       feature_config=ckpt.get("feature_config") or None, terms=plan.terms,
+                       breakdown=_breakdown(plan.cfg.base.eval_sets[name]))
         spec = plan.cfg.base.eval_sets[name]
         results[name] = {"domain": plan.eval_domains[name], **eval_summary(wer, relative_to=stage_dir),
                          "cuts": str(Path(spec if isinstance(spec, str) else spec.cuts).resolve())}

@@ -104,6 +104,7 @@ class ResultsConfig:
     final_stage: str = ""
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     rows: Dict[str, str] = field(default_factory=dict)
+    leave_one_engine_out: List[str] = field(default_factory=list)  # ablation stages adapted on one engine only
     out: Optional[str] = None
 
 
@@ -142,6 +143,9 @@ def load(path: str) -> RecipeConfig:
     if cfg.results.final_stage not in cfg.stages.baseline + cfg.stages.adapt:
         raise ValueError(f"{path}: results.final_stage must name a stage of stages.adapt or stages.baseline, "
                          f"got {cfg.results.final_stage!r}")
+    unknown = [st for st in cfg.results.leave_one_engine_out if st not in cfg.stages.ablation]
+    if unknown:
+        raise ValueError(f"{path}: results.leave_one_engine_out: {unknown[0]!r} is not a stage of stages.ablation")
     if cfg.features.type not in ("fbank", "whisper_fbank"):
         raise ValueError(f"{path}: features.type must be fbank or whisper_fbank, got {cfg.features.type!r}")
     if cfg.peer.bias not in ("hotwords", "initial_prompt"):

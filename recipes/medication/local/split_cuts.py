@@ -23,6 +23,7 @@ from typing import Dict, List, Optional
 
 import click
 
+from synthasr.data.tags import TagError, cut_tag
 from synthasr.utils.io import atomic_path, ensure_dir
 
 SAFE_VALUE_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")  # values become file-name parts
@@ -33,15 +34,11 @@ class SplitError(ValueError):
 
 
 def cut_field(cut, field: str) -> str:
-    """The cut's ``field``: from ``cut.custom``, else from its supervisions' ``custom`` (all equal)."""
-    if cut.custom and field in cut.custom:
-        return str(cut.custom[field])
-    values = {str(s.custom[field]) for s in cut.supervisions if s.custom and field in s.custom}
-    if not values:
-        raise SplitError(f"cut {cut.id!r} has no {field!r} in its custom fields or its supervisions'")
-    if len(values) > 1:
-        raise SplitError(f"cut {cut.id!r}: its supervisions disagree on {field!r}: {sorted(values)}")
-    return values.pop()
+    """The cut's ``field`` (:func:`synthasr.data.tags.cut_tag`), as a :class:`SplitError` when missing."""
+    try:
+        return cut_tag(cut, field)
+    except TagError as e:
+        raise SplitError(str(e)) from None
 
 
 def split_by_field(cuts, field: str) -> "OrderedDict[str, List]":

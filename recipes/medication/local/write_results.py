@@ -181,6 +181,54 @@ def biasing_terms_table(exp: Path, stages: List[str], sets: List[str]) -> List[s
     return L
 
 
+def _breakdowns(exp: Path, stage: str) -> Dict[str, Dict[str, Any]]:
+    """``{eval set: breakdown}`` from the stage's eval.json (sets whose config asked for ``breakdown``)."""
+    path = exp / stage / "eval.json"
+    if not path.is_file():
+        return {}
+    results = _read_json(path).get("results", {})
+    return {s: r["breakdown"] for s, r in results.items() if r.get("breakdown")}
+
+
+def _recall_cell(row: Dict[str, Any]) -> str:
+    t = row.get("terms")
+    if not t or not t.get("ref"):
+        return "–"
+    groups = {g: c for g, c in (t.get("groups") or {}).items() if c.get("ref")}
+    parts = [f"{_fmt(_num(t.get('recall')), digits=1)}"]
+    if len(groups) > 1:
+        parts.append("(" + ", ".join(f"{g} {_fmt(_num(c.get('recall')), digits=1)}" for g, c in sorted(groups.items())) + ")")
+    return " ".join(parts)
+
+
+def cross_engine_section(exp: Path, stages: List[str], labels: Dict[str, str], loeo: List[str]) -> List[str]:
+    """WER and name recall on held-out voices split by TTS engine, for every stage that scored it
+    (schedule eval sets with ``breakdown: engine``), and what the leave-one-engine-out rows mean."""
+    per_stage = {st: _breakdowns(exp, st) for st in stages}
+    per_stage = {st: b for st, b in per_stage.items() if b}
+    if not per_stage:
+        return []
+    values = sorted({v for b in per_stage.values() for r in b.values() for v in r["groups"]})
+    field = next(r["field"] for b in per_stage.values() for r in b.values())
+    head = ("| model | eval set | " + " | ".join(f"{v} WER (utts)" for v in values) + " | " +
+            " | ".join(f"{v} name recall" for v in values) + " |")
+    L = ["", f"## Cross-engine: held-out voices split by {field}, greedy search", "",
+         "WER % (utterances) and name recall % (seen / unseen names in brackets) per TTS engine of the held-out "
+         "test voices, from the same decodes as the tables above."]
+    if loeo:
+        L += ["Leave one engine out: " + ", ".join(f"`{st}` ({labels.get(st, st)})" for st in loeo) +
+              " adapts on medication speech of the other engine only, so its columns for the left-out engine "
+              "measure transfer to an engine the new-domain training never heard."]
+    L += ["", head, "|---|---|" + "---|" * (2 * len(values))]
+    for st, sets in per_stage.items():
+        for s, b in sets.items():
+            groups = b["groups"]
+            wers = [f"{_fmt(groups[v]['wer'])} ({groups[v]['num_utts']})" if v in groups else "–" for v in values]
+            recalls = [_recall_cell(groups[v]) if v in groups else "–" for v in values]
+            L.append(f"| `{st}` | {s} | " + " | ".join(wers) + " | " + " | ".join(recalls) + " |")
+    return L
+
+
 PEER_SUMMARY = "peer/whisper_peer_summary.json"  # written by local/whisper_peer.py in stage 9
 
 
@@ -299,6 +347,8 @@ def render(cfg: Dict[str, Any], config_path: str, exp: Path, data: Path, out: Op
         L.append(f"| {labels.get(stage, stage)} | `{stage}` | " + " | ".join(cells) +
                  f" | {_fmt(report['backward_transfer'][stage], signed=True)} |")
 
+    loeo = [st for st in row_order if st in (res.get("leave_one_engine_out") or [])]
+    L += cross_engine_section(exp, row_order, labels, loeo)
     L += peer_section(exp, report, baseline, final, sets)
     bias = biasing_rows(exp, [baseline, final])
     if bias:
