@@ -496,6 +496,8 @@ def generate(
     lexicon: Optional[PathLike] = None,
     pron_variants: int = 0,
     executor: Optional[cf.Executor] = None,
+    shar_dir: Optional[PathLike] = None,
+    shar_shard_size: int = 1000,
 ) -> GenerationSummary:
     """Speak ``texts`` with ``voices`` into ``out_dir``; resumable, shardable, parallel.
 
@@ -508,6 +510,8 @@ def generate(
     supervision then records ``custom["pronunciations"]``.
     ``executor`` (see :mod:`tts_gen.executors`) runs the synthesis elsewhere (Dask, Ray); the ledger,
     manifests and resume work exactly as with the local pool, so the outputs are the same.
+    ``shar_dir``: also write the cuts with their audio as lhotse Shar shards of ``shar_shard_size``
+    (:func:`write_cuts_shar`), the layout for large-scale training; not with ``shard``.
     """
     start = time.perf_counter()
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", prefix):
@@ -518,6 +522,10 @@ def generate(
         raise InputError(f"max_words and max_chars must be >= 1, got {max_words} and {max_chars}")
     engine_opts = engine_opts or {}
     shard_k = parse_shard(shard)
+    if shar_dir is not None and shard_k is not None:
+        raise InputError(f"shar_dir {shar_dir}: not per K/N shard; combine the shards first (tts-combine --shar-dir)")
+    if shar_dir is not None and shar_shard_size < 1:
+        raise InputError(f"shar_dir {shar_dir}: shar_shard_size must be >= 1, got {shar_shard_size}")
     out = Path(out_dir)
     _check_writable(out)
     items = read_texts(texts, prefix) if isinstance(texts, (str, os.PathLike)) else list(texts)
@@ -568,6 +576,8 @@ def generate(
     with atomic_write(paths["failures"]) as f:
         for fail in failed:
             f.write(json.dumps(fail) + "\n")
+    if shar_dir is not None:
+        write_cuts_shar(paths["cuts"], shar_dir, shar_shard_size, num_jobs, executor)
 
     engines: Dict[str, int] = {}
     for _item, _text, voice, _n, _p in rows:
@@ -579,11 +589,25 @@ def generate(
         synthesized=sum(1 for r in results.values() if r["ok"]), wall_seconds=time.perf_counter() - start,
         failed=failed, manifests={k: str(v) for k, v in paths.items()},
     )
+    if shar_dir is not None:
+        summary.manifests["shar"] = str(shar_dir)
     if summary.failure_rate > failure_threshold:
         raise FailureThresholdExceeded(
             f"{summary.failures} of {summary.attempted} utterances failed ({100 * summary.failure_rate:.1f}% > "
             f"{100 * failure_threshold:.1f}%); see {paths['failures']}", summary)
     return summary
+
+
+def write_cuts_shar(cuts_manifest: PathLike, shar_dir: PathLike, shard_size: int = 1000, num_jobs: int = 1,
+                    executor: Optional[cf.Executor] = None) -> Dict[str, Any]:
+    """A finished run's cuts (input order) with their audio as Shar shards (:mod:`synthasr.data.shar`):
+    one task per shard on the same pool or cluster, complete shards kept on a rerun."""
+    from lhotse import CutSet
+
+    from synthasr.data.shar import write_shar
+
+    cuts = CutSet.from_file(cuts_manifest)  # None for an empty manifest
+    return write_shar(cuts if cuts is not None else [], shar_dir, shard_size, num_jobs=num_jobs, executor=executor)
 
 
 # --- combining shards -----------------------------------------------------------------------------

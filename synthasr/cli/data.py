@@ -1,6 +1,7 @@
 """``synthasr compute-fbank``: precompute lilcom-compressed fbank features for a cut manifest."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import click
@@ -20,20 +21,29 @@ def _feature_config(path: Optional[str]):
 
 
 @click.command("compute-fbank")
-@click.option("--cuts", "cuts_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Input cut manifest (jsonl.gz).")
-@click.option("--out-dir", required=True, type=click.Path(file_okay=False), help="Where features go.")
-@click.option("--prefix", required=True, help="Writes <out-dir>/<prefix>_cuts_fbank.jsonl.gz.")
+@click.option("--cuts", "cuts_path", required=True, type=click.Path(exists=True),
+              help="Input cut manifest (jsonl.gz), or a Shar directory (with --shar-dir).")
+@click.option("--out-dir", type=click.Path(file_okay=False), help="Where features go (directory layout).")
+@click.option("--prefix", help="Writes <out-dir>/<prefix>_cuts_fbank.jsonl.gz.")
 @click.option("--num-jobs", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--feature-config", type=click.Path(exists=True, dir_okay=False), default=None,
               help="YAML with FeatureConfig keys (or a train config; its 'features' section is used).")
-def compute_fbank_cmd(cuts_path: str, out_dir: str, prefix: str, num_jobs: int, feature_config: Optional[str]) -> None:
+@click.option("--shar-dir", type=click.Path(file_okay=False), default=None,
+              help="Write cuts + features as lhotse Shar shards here instead (one task per shard; resumable).")
+@click.option("--shard-size", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Cuts per Shar shard (a Shar input keeps its own shards).")
+def compute_fbank_cmd(cuts_path: str, out_dir: Optional[str], prefix: Optional[str], num_jobs: int,
+                      feature_config: Optional[str], shar_dir: Optional[str], shard_size: int) -> None:
     """Compute fbank features (resumable: a complete output is left as is)."""
     from lhotse import CutSet
 
     from synthasr.config import ConfigError
     from synthasr.data.features import FeatureComputationError, compute_fbank, fbank_manifest_path
 
+    if shar_dir:
+        return _compute_fbank_shar(cuts_path, shar_dir, num_jobs, feature_config, shard_size)
+    if not out_dir or not prefix or Path(cuts_path).is_dir():
+        raise click.UsageError("give --out-dir and --prefix with a --cuts manifest (a Shar input needs --shar-dir)")
     try:
         cfg = _feature_config(feature_config)
         cuts = CutSet.from_file(cuts_path)
@@ -41,3 +51,22 @@ def compute_fbank_cmd(cuts_path: str, out_dir: str, prefix: str, num_jobs: int, 
     except (ConfigError, FeatureComputationError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{fbank_manifest_path(out_dir, prefix)}: {len(out)} cuts with {cfg.num_mel_bins}-bin fbank")
+
+
+def _compute_fbank_shar(cuts_path: str, shar_dir: str, num_jobs: int, feature_config: Optional[str],
+                        shard_size: int) -> None:
+    """``compute-fbank --shar-dir``: features into Shar shards, from a manifest or a Shar directory."""
+    from lhotse import CutSet
+
+    from synthasr.config import ConfigError
+    from synthasr.data.features import compute_fbank_shar
+    from synthasr.data.shar import SharError
+
+    try:
+        cfg = _feature_config(feature_config)
+        source = cuts_path if Path(cuts_path).is_dir() else CutSet.from_file(cuts_path)
+        result = compute_fbank_shar(source, shar_dir, cfg, shard_size=shard_size, num_jobs=num_jobs)
+    except (ConfigError, SharError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"shar {shar_dir}: {result['cuts']} cuts with {cfg.num_mel_bins}-bin fbank in {result['shards']} shards "
+               f"({result['written']} written, {result['skipped']} complete from an earlier run)")

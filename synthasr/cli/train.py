@@ -32,7 +32,7 @@ def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
 
 
 def _run_single_stage(config: str, exp_dir: Optional[str], overrides: Dict[str, Any]) -> Path:
-    from lhotse import CutSet, load_manifest_lazy
+    from lhotse import CutSet
 
     from synthasr.config import ConfigError, load_config
     from synthasr.tokenizer import Tokenizer
@@ -46,12 +46,29 @@ def _run_single_stage(config: str, exp_dir: Optional[str], overrides: Dict[str, 
             raise ConfigError(f"{config}: {name} is required for single-stage training")
     for name in ("train_cuts", "bpe_model", "dev_cuts"):
         value = getattr(cfg, name)
+        if name == "train_cuts" and Path(value).is_dir():  # lhotse Shar shards, checked when loaded
+            continue
         if value and not Path(value).is_file():
             raise ConfigError(f"{config}: {name}: file not found: {value}")
-    train_cuts = load_manifest_lazy(cfg.train_cuts)
+    train_cuts = _train_cuts(cfg.train_cuts, config)
     dev_cuts = CutSet.from_file(cfg.dev_cuts) if cfg.dev_cuts else None
     tokenizer = Tokenizer.load(cfg.bpe_model)
     return fit(cfg, exp, train_cuts, dev_cuts, tokenizer)
+
+
+def _train_cuts(train_cuts: str, config: str):
+    """Lazy training cuts: a manifest, or a Shar directory (shards shuffled per epoch, streamed)."""
+    from lhotse import load_manifest_lazy
+
+    from synthasr.config import ConfigError
+    from synthasr.data.shar import SharError, load_shar
+
+    if not Path(train_cuts).is_dir():
+        return load_manifest_lazy(train_cuts)
+    try:
+        return load_shar(train_cuts)
+    except SharError as e:
+        raise ConfigError(f"{config}: train_cuts: {e}") from None
 
 
 def _run_schedule(schedule: str, exp_dir: Optional[str], overrides: Dict[str, Any], stages: Sequence[str]):

@@ -14,8 +14,11 @@ import click
 from synthasr.config import ConfigError
 from tts_gen.engines.base import EngineError, UnknownEngineError, canonical_engine_name, get_engine
 from tts_gen.pronounce import PronunciationError
+from synthasr.data.shar import DEFAULT_SHARD_SIZE, SharError
+from tts_gen.executors import EXECUTORS, ExecutorError, make_executor
 from tts_gen.generate import (MAX_CHARS, MAX_WORDS, CombineError, FailureThresholdExceeded, InputError,
-                              OutputNotWritableError, ShardSpecError, combine_shards, generate, parse_shard)
+                              OutputNotWritableError, ShardSpecError, combine_shards, generate, parse_shard,
+                              write_cuts_shar)
 from tts_gen.voices import (UnknownVoiceError, Voice, VoicePoolError, VoiceSpecError, build_pools, make_matcher,
                             parse_voices,
                             read_voice_file, sample_from_pools, sample_voices, split_voices, voices_by_engine,
@@ -23,7 +26,7 @@ from tts_gen.voices import (UnknownVoiceError, Voice, VoicePoolError, VoiceSpecE
 
 LIBRARY_ERRORS: Tuple[type, ...] = (
     InputError, ShardSpecError, OutputNotWritableError, CombineError, VoiceSpecError, UnknownVoiceError,
-    VoicePoolError, EngineError, UnknownEngineError, ConfigError, PronunciationError,
+    VoicePoolError, EngineError, UnknownEngineError, ConfigError, PronunciationError, ExecutorError, SharError,
 )
 DEFAULT_NUM_VOICES = 60
 
@@ -121,12 +124,22 @@ def _choose_voices(engines_spec: str, num_voices: Optional[int], voices_file: Op
 @click.option("--pron-variants", type=click.IntRange(min=0), default=0, show_default=True,
               help="Generated pronunciations per term of a line's 'names' with none given (espeak-ng "
                    "varieties + stress shifts); 0: engines' own.")
+@click.option("--executor", "executor_kind", type=click.Choice(EXECUTORS), default="local", show_default=True,
+              help="Where synthesis runs: local process pool, a Dask cluster or Ray (optional extras).")
+@click.option("--scheduler", default=None,
+              help="Cluster address (dask: tcp://host:8786; ray: ray://host:10001 or auto). Without it: a "
+                   "one-machine cluster of --num-jobs workers.")
+@click.option("--shar-dir", type=click.Path(file_okay=False), default=None,
+              help="Also write the cuts with their audio as lhotse Shar shards here (large-scale training).")
+@click.option("--shar-shard-size", type=click.IntRange(min=1), default=DEFAULT_SHARD_SIZE, show_default=True,
+              help="Cuts per Shar shard.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @engine_options
 def tts_gen(text_file: str, out_dir: str, domain: str, prefix: str, engines_spec: str, num_voices: Optional[int],
             voices_file: Optional[str], exclude_voices_file: Optional[str], engine_weights: Optional[str],
             num_jobs: int, seed: int, shard: Optional[str], failure_threshold: float, max_words: int,
-            max_chars: int, lexicon: Optional[str], pron_variants: int, no_progress: bool, espeak_binary: Optional[str], piper_voices: Tuple[str, ...],
+            max_chars: int, lexicon: Optional[str], pron_variants: int, executor_kind: str, scheduler: Optional[str],
+            shar_dir: Optional[str], shar_shard_size: int, no_progress: bool, espeak_binary: Optional[str], piper_voices: Tuple[str, ...],
             coqui_model_path: Optional[str],
             coqui_config_path: Optional[str]) -> None:
     """Speak TEXT_FILE (plain lines or JSONL id/text) in many voices into OUT_DIR with lhotse manifests."""
@@ -135,10 +148,12 @@ def tts_gen(text_file: str, out_dir: str, domain: str, prefix: str, engines_spec
     try:
         shard_spec = parse_shard(shard)
         voices = _choose_voices(engines_spec, num_voices, voices_file, exclude_voices_file, seed, weights, opts)
-        summary = generate(text_file, out_dir, voices, domain=domain, prefix=prefix, num_jobs=num_jobs, seed=seed,
-                           shard=shard_spec, failure_threshold=failure_threshold, engine_opts=opts,
-                           engine_weights=weights, progress=not no_progress, max_words=max_words,
-                           max_chars=max_chars, lexicon=lexicon, pron_variants=pron_variants)
+        with make_executor(executor_kind, num_jobs, scheduler) as executor:
+            summary = generate(text_file, out_dir, voices, domain=domain, prefix=prefix, num_jobs=num_jobs, seed=seed,
+                               shard=shard_spec, failure_threshold=failure_threshold, engine_opts=opts,
+                               engine_weights=weights, progress=not no_progress, max_words=max_words,
+                               max_chars=max_chars, lexicon=lexicon, pron_variants=pron_variants,
+                               executor=executor, shar_dir=shar_dir, shar_shard_size=shar_shard_size)
         write_voice_file(Path(out_dir) / f"{prefix}_voices.txt", voices)
     except FailureThresholdExceeded as e:
         click.echo(e.summary.line())
@@ -146,20 +161,35 @@ def tts_gen(text_file: str, out_dir: str, domain: str, prefix: str, engines_spec
     except LIBRARY_ERRORS as e:
         raise click.ClickException(str(e)) from None
     click.echo(summary.line())
+    if shar_dir:
+        click.echo(f"shar {shar_dir}: {summary.utterances} cuts in shards of {shar_shard_size}")
 
 
 @click.command("tts-combine")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--prefix", required=True)
 @click.option("--num-shards", type=click.IntRange(min=1), default=None, help="N (default: detected).")
-def tts_combine(out_dir: str, prefix: str, num_shards: Optional[int]) -> None:
+@click.option("--shar-dir", type=click.Path(file_okay=False), default=None,
+              help="Also write the combined cuts with their audio as lhotse Shar shards here.")
+@click.option("--shar-shard-size", type=click.IntRange(min=1), default=DEFAULT_SHARD_SIZE, show_default=True)
+@click.option("--num-jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Shar writing processes.")
+def tts_combine(out_dir: str, prefix: str, num_shards: Optional[int], shar_dir: Optional[str], shar_shard_size: int,
+                num_jobs: int) -> None:
     """Merge <prefix>_*.K-of-N shard manifests in OUT_DIR into the final manifests."""
     try:
         result = combine_shards(out_dir, prefix, num_shards)
+        shar = write_cuts_shar(result["manifests"]["cuts"], shar_dir, shar_shard_size, num_jobs) if shar_dir else None
     except LIBRARY_ERRORS as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{prefix}: combined {result['shards']} shards, {result['utterances']} utterances, "
                f"{result['hours']:.3f} h, {result['failures']} failures")
+    if shar is not None:
+        click.echo(_shar_line(shar))
+
+
+def _shar_line(shar: Dict[str, Any]) -> str:
+    return (f"shar {shar['dir']}: {shar['cuts']} cuts in {shar['shards']} shards "
+            f"({shar['written']} written, {shar['skipped']} complete from an earlier run)")
 
 
 @click.group("tts-voices")

@@ -218,8 +218,7 @@ def make_sampler(
                 cuts, max_duration=max_duration, shuffle=shuffle, drop_last=drop_last, seed=seed,
                 world_size=world_size, rank=rank,
             )
-    epoch_aware = getattr(cuts, "data", None)
-    setattr(sampler, _EPOCH_AWARE_CUTS, epoch_aware if hasattr(epoch_aware, "set_epoch") else None)
+    setattr(sampler, _EPOCH_AWARE_CUTS, cuts if getattr(cuts, "is_lazy", False) else None)
     return sampler
 
 
@@ -227,10 +226,42 @@ _EPOCH_AWARE_CUTS = "_synthasr_epoch_aware_cuts"
 
 
 def set_cuts_epoch(sampler, epoch: int) -> None:
-    """Tell the epoch-aware CutSet behind a :func:`make_sampler` sampler (if any) which epoch comes next."""
-    stream = getattr(sampler, _EPOCH_AWARE_CUTS, None)
-    if stream is not None:
-        stream.set_epoch(epoch)
+    """Tell the epoch-aware streams in the CutSet behind a :func:`make_sampler` sampler which epoch comes next."""
+    cuts = getattr(sampler, _EPOCH_AWARE_CUTS, None)
+    if cuts is not None:
+        set_epoch_deep(cuts, epoch)
+
+
+def set_epoch_deep(cuts, epoch: int) -> None:
+    """``set_epoch(epoch)`` on every epoch-aware stream inside a lazy CutSet, however deeply wrapped.
+
+    Why deep: a Shar source (:class:`synthasr.data.shar.SharStream`, shard order per epoch) sits under
+    lhotse maps (domain and source tagging), a mix or augmentation; calling only the outermost stream
+    would leave its shard order to lhotse's iteration count, which a resumed run does not reproduce.
+    Descends through lhotse's lazy wrappers (``iterator``/``iterators``) and our streams' inputs
+    (``cuts``, ``sources``); an eager CutSet ends the walk. Setting the same epoch twice is harmless.
+    """
+    from lhotse import CutSet
+
+    seen = set()
+    stack = [cuts]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, CutSet):
+            if node.is_lazy:
+                stack.append(node.data)
+            continue
+        if hasattr(node, "set_epoch"):
+            node.set_epoch(epoch)
+        inner = getattr(node, "iterators", None)
+        stack.extend(inner if isinstance(inner, (list, tuple)) else [])
+        for attr in ("iterator", "cuts", "sources"):
+            child = getattr(node, attr, None)
+            children = list(child.values()) if isinstance(child, dict) else [child]
+            stack.extend(c for c in children if isinstance(c, CutSet) or hasattr(c, "__iter__") and attr == "iterator")
 
 
 class EpochBatches(torch.utils.data.Sampler):

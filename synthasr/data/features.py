@@ -232,3 +232,55 @@ def _is_complete(done, cuts, cfg: FeatureConfig, manifest: Path) -> bool:
             log.warning("%s: feature archive %s is missing; recomputing", manifest, feats.storage_path)
             return False
     return True
+
+
+# --- Shar output (large scale: sequential reads; see synthasr.data.shar) ---------------------------
+class _FbankForShar:
+    """Per-cut step run on the Shar workers: features in memory (written lilcom-compressed by the shard
+    writer at this feature type's tick power), audio that lived only in the input shard dropped."""
+
+    def __init__(self, cfg: FeatureConfig) -> None:
+        self.cfg = cfg
+        self._extractor = None
+
+    def __call__(self, cut):
+        from lhotse.features.io import MemoryRawWriter
+
+        if self._extractor is None:  # built once per worker process
+            import torch
+
+            torch.set_num_threads(1)  # see compute_fbank: one small FFT per frame, threads only contend
+            self._extractor = make_extractor(self.cfg)
+        if cut.sampling_rate != self.cfg.sampling_rate:
+            cut = cut.resample(self.cfg.sampling_rate)
+        cut = cut.compute_and_store_features(self._extractor, MemoryRawWriter())
+        source = cut.recording.sources[0].type if cut.has_recording else "file"
+        return cut if source in ("file", "url") else cut.drop_recording()
+
+    def __getstate__(self):
+        return {"cfg": self.cfg, "_extractor": None}
+
+
+def compute_fbank_shar(
+    cuts_or_shar: Union[str, Path, Any],
+    shar_dir: Union[str, Path],
+    feature_config: Optional[Union[FeatureConfig, Dict[str, Any]]] = None,
+    shard_size: int = 1000,
+    num_jobs: int = 1,
+    executor: Any = None,
+) -> Dict[str, Any]:
+    """Features of a cut manifest (a CutSet) or of a Shar directory's audio into Shar ``shar_dir``
+    (``cuts`` + ``features`` shards), one task per shard; resumable (complete shards are kept).
+
+    From a Shar input, output shard ``k`` holds input shard ``k``'s cuts, read by the worker itself.
+    """
+    from synthasr.data.shar import convert_shar, write_shar
+
+    cfg = _as_feature_config(feature_config)
+    cfg.validate()
+    fields = {"features": "lilcom"}
+    common = dict(num_jobs=num_jobs, executor=executor, prepare=_FbankForShar(cfg),
+                  tick_power=LILCOM_TICK_POWER[cfg.type])
+    if isinstance(cuts_or_shar, (str, Path)):
+        return convert_shar(cuts_or_shar, shar_dir, fields, read_fields=("recording",), **common)
+    return write_shar(cuts_or_shar, shar_dir, shard_size=shard_size, fields=fields, **common)

@@ -234,6 +234,8 @@ def _err(path: Path, where: str, msg: str) -> ScheduleError:
 def _load_cuts(paths: Sequence[str], path: Path, where: str):
     from lhotse import CutSet
 
+    if any(Path(p).is_dir() for p in paths):  # lhotse Shar directories: streamed, never loaded whole
+        return _load_shar(paths, path, where)
     sets = []
     for p in paths:
         if not Path(p).is_file():
@@ -249,19 +251,47 @@ def _load_cuts(paths: Sequence[str], path: Path, where: str):
     return cuts
 
 
+def _load_shar(paths: Sequence[str], path: Path, where: str):
+    """A lazy CutSet over Shar directories, shards shuffled per epoch (:mod:`synthasr.data.shar`)."""
+    from synthasr.data.shar import SharError, load_shar
+
+    files = [p for p in paths if not Path(p).is_dir()]
+    if files:
+        raise _err(path, where, f"mixes Shar directories and cut manifests ({files[0]}); use one kind per source")
+    try:
+        cuts = load_shar(paths, shuffle_shards=True)
+    except SharError as e:
+        raise _err(path, where, str(e)) from None
+    if len(cuts) == 0:
+        raise _err(path, where, f"has no cuts ({', '.join(paths)})")
+    return cuts
+
+
 def _tag_domain(cuts, domain: Optional[str]):
     """Fill ``custom['domain']`` on supervisions that lack it (never overwrites an existing tag)."""
     if domain is None:
         return cuts
     from lhotse import CutSet
-    from lhotse.utils import fastcopy
 
-    def tag(cut):
-        sups = [s if (s.custom or {}).get("domain") else fastcopy(s, custom={**(s.custom or {}), "domain": domain})
+    if cuts.is_lazy:  # a Shar source: tag as it streams (iterating it here would read all its audio)
+        from lhotse.lazy import LazyMapper
+
+        return CutSet(LazyMapper(cuts.data, fn=_DomainTagger(domain)))
+    return CutSet.from_cuts(_DomainTagger(domain)(c) for c in cuts)
+
+
+class _DomainTagger:
+    """Picklable per-cut step of :func:`_tag_domain`."""
+
+    def __init__(self, domain: str) -> None:
+        self.domain = domain
+
+    def __call__(self, cut):
+        from lhotse.utils import fastcopy
+
+        sups = [s if (s.custom or {}).get("domain") else fastcopy(s, custom={**(s.custom or {}), "domain": self.domain})
                 for s in cut.supervisions]
         return fastcopy(cut, supervisions=sups)
-
-    return CutSet.from_cuts(tag(c) for c in cuts)
 
 
 def _check_tags(cuts, field: str, path: Path, where: str) -> None:
@@ -814,6 +844,10 @@ def _file_digest(path: Path) -> str:
     import hashlib
 
     h = hashlib.sha256()
+    if path.is_dir():  # a Shar source: its cut manifests, by name and content
+        for shard in sorted(path.glob("cuts.*.jsonl*")):
+            h.update(f"{shard.name}:{_file_digest(shard)}".encode())
+        return h.hexdigest()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
