@@ -126,6 +126,8 @@ def test_piper_model_gets_the_ids_of_the_requested_ipa(monkeypatch, variants):
     assert rate == 22050 and audio.size > rate // 4 and np.abs(audio).max() > 0.5
     engine.synthesize(SENTENCE, voice, seed=3)  # piper's own guess is a different string of ids
     assert len(seen) == 2 and not contains(seen[1])
+    both = engine.phonemize("zolpidem ibuprofen now", voice, {"zolpidem": "zˈɑːlpɪdəm", "ibuprofen": "ˈaɪbjuːpɹoʊfən"})
+    assert ["".join(s) for s in both] == ["zˈɑːlpɪdəm ˈaɪbjuːpɹoʊfən nˈaʊ"]  # one word boundary between terms
     with pytest.raises(SynthesisError, match="not in voice en_US-joe-medium's phoneme set"):
         engine.synthesize(SENTENCE, voice, pronunciations={TERM: "l\u0436v"})
 

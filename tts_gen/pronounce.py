@@ -29,6 +29,7 @@ import re
 import shutil
 import subprocess
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -362,11 +363,16 @@ def generate_variants(terms: Iterable[str], max_variants: int = DEFAULT_MAX_VARI
     if max_variants < 1 or not terms:
         return {t: [] for t in terms}
     varieties = list(varieties) if varieties is not None else english_varieties(binary)
-    by_variety = {v: (espeak_phonemes(terms, v, binary, sep=True), espeak_phonemes(terms, v, binary, ipa=True, sep=True))
-                  for v in varieties}
+    with ThreadPoolExecutor(max_workers=max(1, min(2 * len(varieties), os.cpu_count() or 1))) as pool:
+        # espeak-ng costs ~1 ms per term and call; the 2 x varieties processes are independent
+        futures = {(v, ipa): pool.submit(espeak_phonemes, terms, v, binary, ipa, True)
+                   for v in varieties for ipa in (False, True)}
+        by_variety = {v: (futures[(v, False)].result(), futures[(v, True)].result()) for v in varieties}
     base = varieties[0]
-    shifts = {t: _seeded_order(stress_shifts(_tokens(by_variety[base][0][i]), _tokens(by_variety[base][1][i])), seed, t)
-              [:max_stress] for i, t in enumerate(terms)}
+    shifts = {}
+    for i, t in enumerate(terms):
+        candidates = stress_shifts(_tokens(by_variety[base][0][i]), _tokens(by_variety[base][1][i]))
+        shifts[t] = _seeded_order(candidates, seed, t)[:max_stress]
     wanted = [(t, x) for t in terms for x, _n in shifts[t]]
     shift_ipa = dict(zip(wanted, espeak_phonemes([f"[[{x}]]" for _t, x in wanted], base, binary, ipa=True)))
     out: Dict[str, List[Pronunciation]] = {}
@@ -437,7 +443,8 @@ class PronunciationPlan:
         usable = [span for span in own + self._matcher.spans(text) if options_of(span[2])]
         return {term: options_of(term) for _s, _e, term in resolve_overlaps(usable)}  # type: ignore[misc]
 
-    def choose_for(self, text: str, engine: str, utt_id: str, options: Mapping[str, Sequence[Pronunciation]]) -> List[Dict[str, Any]]:
+    def choose_for(self, text: str, engine: str, utt_id: str,
+                   options: Mapping[str, Sequence[Pronunciation]]) -> List[Dict[str, Any]]:
         """Manifest records, in text order, of the pronunciation ``engine`` uses for each term."""
         order = [term for _s, _e, term in term_spans(text, options)]
         return [choose(options[t], engine, self.seed, utt_id, t).record(engine) for t in dict.fromkeys(order)]

@@ -147,7 +147,8 @@ class PiperEngine(TTSEngine):
                 why = why or f"IPA symbol(s) {' '.join(missing)} not in voice {voice.name}'s phoneme set"
                 raise SynthesisError(f"pronunciation of {term!r}: {why}")
             ipa[term] = decomposed
-        return loaded.voice.phonemize(markup(text, ipa))
+        # piper pads each [[...]] block with the spaces around it: two adjacent terms would get two
+        return [_single_spaces(sentence) for sentence in loaded.voice.phonemize(markup(text, ipa))]
 
     def synthesize(self, text: str, voice: Voice, seed: int = 0,
                    pronunciations: Optional[Mapping[str, str]] = None) -> Tuple[np.ndarray, int]:
@@ -174,6 +175,11 @@ class PiperEngine(TTSEngine):
         if peak < 1e-6:
             raise SynthesisError(f"piper produced silence for voice {voice.id}")
         return (audio * (PEAK / peak)).astype(np.float32), rate
+
+
+def _single_spaces(phonemes: List[str]) -> List[str]:
+    """Drop a word-boundary symbol that directly follows another one."""
+    return [p for i, p in enumerate(phonemes) if not (p == " " and i > 0 and phonemes[i - 1] == " ")]
 
 
 def pitch_shift_by_resampling(audio: np.ndarray, factor: float) -> np.ndarray:
