@@ -3,6 +3,7 @@
 # without forgetting the general domain.
 #
 #   ./run.sh [--config conf/default.yaml] [--stage N] [--stop-stage M] [--force]
+#            [--terms FILE] [--domain-text FILE] [--templates FILE]     (your own domain: docs/your_domain.md)
 #
 # Every stage calls the synthasr library/CLI; nothing here trains or decodes by itself.
 # Outputs: data/<config-name>/ (text, audio, manifests, features, BPE) and exp/<config-name>/
@@ -20,9 +21,12 @@ config=conf/default.yaml
 force=false
 general_corpus=   # librispeech | mini_librispeech: real general-domain speech instead of synthetic
 corpus_dir=
+terms=        # your own domain (stage 0): term list, domain sentences, carrier templates;
+domain_text=  # each overrides its config key domain.{terms,text,templates}
+templates=
 
 stage_names=(
-  "0:prepare_text:medication names + carrier sentences, general-domain sentences"
+  "0:prepare_text:medication names (or your --terms/--domain-text) + carrier sentences, general-domain sentences"
   "1:voices:split TTS voices into disjoint train / held-out test pools"
   "2:tts_general:synthesize general-domain text (train/held-out voices), or with --general-corpus: a local LibriSpeech copy; real-speech test set (evaluation only)"
   "3:tts_medication:synthesize medication text (train voices; held-out voices for dev/test/unseen)"
@@ -49,6 +53,12 @@ Usage: $0 [options]
   --corpus-dir DIR   local copy of that corpus (DIR/LibriSpeech/<part>/... or DIR = .../LibriSpeech);
                      nothing is downloaded. Optional config keys: general_corpus.{train_parts,
                      dev_part,test_part,max_train_hours}
+  --terms FILE       your term list instead of the packaged drug lists (one term a line; TAB spoken
+                     form, TAB espeak-ng phonemes); config key domain.terms. See docs/your_domain.md
+  --domain-text FILE your domain sentences (plain text or JSONL), used as they are and mined for the
+                     terms; config key domain.text
+  --templates FILE   carrier templates that top the splits up (default: domain.templates,
+                     conf/templates/medication.txt). Paths are relative to where run.sh was called
   -h, --help         this message
 
 Stages:
@@ -73,6 +83,12 @@ while [ $# -gt 0 ]; do
     --general-corpus=*) general_corpus="${1#*=}"; shift ;;
     --corpus-dir) corpus_dir="${2:?--corpus-dir needs a value}"; shift 2 ;;
     --corpus-dir=*) corpus_dir="${1#*=}"; shift ;;
+    --terms) terms="${2:?--terms needs a value}"; shift 2 ;;
+    --terms=*) terms="${1#*=}"; shift ;;
+    --domain-text) domain_text="${2:?--domain-text needs a value}"; shift 2 ;;
+    --domain-text=*) domain_text="${1#*=}"; shift ;;
+    --templates) templates="${2:?--templates needs a value}"; shift 2 ;;
+    --templates=*) templates="${1#*=}"; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "$0: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -92,6 +108,9 @@ if [ -z "$general_corpus" ] && [ -n "$corpus_dir" ]; then
   echo "$0: --corpus-dir needs --general-corpus librispeech|mini_librispeech" >&2; exit 2
 fi
 case "$corpus_dir" in ""|/*) ;; *) corpus_dir=$invoked_from/$corpus_dir ;; esac
+for v in terms domain_text templates; do  # options are relative to the caller; config keys to this folder
+  case "${!v}" in ""|/*) ;; *) printf -v "$v" '%s' "$invoked_from/${!v}" ;; esac
+done
 
 PYTHON=${PYTHON:-python3}
 conf() { "$PYTHON" local/conf.py "$config" "$@"; }
@@ -103,6 +122,36 @@ exp=exp/$name
 mkdir -p "$data" "$exp/log"
 schedule=$(conf schedule)
 [ -f "$schedule" ] || { echo "$0: $config: schedule file not found: $schedule" >&2; exit 2; }
+
+# Your own domain (stage 0): options first, then the config's domain.* keys.
+[ -n "$terms" ] || terms=$(conf domain.terms "")
+[ -n "$domain_text" ] || domain_text=$(conf domain.text "")
+[ -n "$templates" ] || templates=$(conf domain.templates conf/templates/medication.txt)
+domain_args=()
+domain_inputs=  # what stage 0 made data/<c>/text from; empty: the packaged drug lists
+if [ -n "$terms$domain_text" ]; then
+  for f in "$terms" "$domain_text" "$templates"; do
+    [ -z "$f" ] || [ -f "$f" ] || { echo "$0: domain input not found: $f" >&2; exit 2; }
+  done
+  [ -z "$terms" ] || domain_args+=(--terms "$terms")
+  [ -z "$domain_text" ] || domain_args+=(--domain-text "$domain_text")
+  domain_args+=(--templates "$templates")
+  for f in "$terms" "$domain_text" "$templates"; do
+    [ -z "$f" ] || domain_inputs+="${f##*/}@$(sha256sum < "$f" | cut -c1-16) "
+  done
+  domain_inputs=${domain_inputs% }
+fi
+# A config's outputs are never silently reused for other domain inputs: every later stage would mix them.
+domain_record=$data/text/domain_inputs.txt
+if [ -f "$exp/.done.0.prepare_text" ] && ! { [ "$force" = true ] && [ "$stage" -eq 0 ]; }; then
+  previous=$(cat "$domain_record" 2>/dev/null || true)
+  if [ "$previous" != "$domain_inputs" ]; then
+    echo "$0: $data/text was made from ${previous:-the packaged drug lists}, not from ${domain_inputs:-the packaged drug lists}:" \
+      "use a config of its own (cp conf/terms_example.yaml conf/mine.yaml), or --stage 0 --force to remake it" \
+      "(later stages then need --force too)" >&2
+    exit 2
+  fi
+fi
 
 log() {
   local fname=${BASH_SOURCE[1]##*/}
@@ -139,7 +188,8 @@ if should_run 0 prepare_text; then
     --num-test "$(conf text.num_med_test)" --num-test-unseen "$(conf text.num_med_test_unseen)" \
     --num-general-train "$(conf text.num_general_train)" --num-general-dev "$(conf text.num_general_dev)" \
     --num-general-test "$(conf text.num_general_test)" \
-    --general-vocab-size "$(conf text.general_vocab_size 0)" 2>&1 | tee "$exp/log/prepare_text.log"
+    --general-vocab-size "$(conf text.general_vocab_size 0)" "${domain_args[@]}" 2>&1 | tee "$exp/log/prepare_text.log"
+  if [ -n "$domain_inputs" ]; then echo "$domain_inputs" > "$domain_record"; else rm -f "$domain_record"; fi
   mark_done 0 prepare_text
 fi
 

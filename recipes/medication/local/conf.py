@@ -34,6 +34,18 @@ class TextConfig:
 
 
 @dataclass
+class DomainConfig:
+    """Your own domain for stage 0 (docs/your_domain.md); run.sh --terms/--domain-text/--templates override.
+
+    Without ``terms`` and ``text`` the recipe samples the packaged drug lists (``text.num_names``).
+    """
+
+    terms: Optional[str] = None       # term list: term [TAB spoken form] [TAB espeak-ng phonemes]
+    text: Optional[str] = None        # domain sentences, plain text or JSONL
+    templates: str = "conf/templates/medication.txt"  # carrier templates that top the splits up
+
+
+@dataclass
 class TtsConfig:
     engines: List[str] = field(default_factory=lambda: ["espeak", "piper"])
     engine_weights: Dict[str, float] = field(default_factory=dict)
@@ -123,6 +135,7 @@ class RecipeConfig:
     schedule: str
     seed: int = 0
     text: TextConfig = field(default_factory=TextConfig)
+    domain: DomainConfig = field(default_factory=DomainConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     real_speech: RealSpeechConfig = field(default_factory=RealSpeechConfig)
