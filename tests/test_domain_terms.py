@@ -453,3 +453,20 @@ def test_prepare_text_own_domain_writes_what_later_stages_read(tmp_path):
     for text in general:
         assert not words & set(text.split()) and not _has_phrase(text, "vitamin b twelve"), text
     assert any("vitamin" in t.split() for t in general), "common words of multi-word terms stay in general text"
+
+
+def test_example_config_uses_its_own_term_file():
+    import subprocess
+
+    conf = [sys.executable, str(RECIPE / "local" / "conf.py")]
+    check = subprocess.run(conf + ["--check", "conf/terms_example.yaml"], cwd=RECIPE, capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    got = subprocess.run(conf + ["conf/terms_example.yaml", "domain.terms"], cwd=RECIPE, capture_output=True, text=True)
+    terms_file = RECIPE / got.stdout.strip()
+    entries = D.read_term_list(terms_file)
+    assert len(entries) == 17 and sum(len(e.merged_lines) for e in entries) == 1
+    assert sum(" " in e.normalized for e in entries) >= 4, "multi-word terms are exercised"
+    assert sum(e.spoken is not None for e in entries) == 4 and sum(e.phonemes is not None for e in entries) == 1
+    assert len(D.read_domain_text(RECIPE / "conf" / "domain" / "example_sentences.txt").sentences) == 22
+    schedule = (RECIPE / "conf" / "schedule" / "terms_example.yaml").read_text()
+    assert "data/terms_example/text/names_used.txt" in schedule and "data/smoke/" not in schedule
