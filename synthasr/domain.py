@@ -460,7 +460,7 @@ def fill_template(template: Template, values: Mapping[str, Sequence[str]], term:
 
 @dataclass
 class Sentence:
-    """One utterance to synthesize: the transcript (``text``) and, when they differ, what TTS says."""
+    """One utterance to synthesize: its transcript (``text``) and the term pronunciations TTS is told."""
 
     text: str
     raw: str
@@ -475,14 +475,16 @@ def respelling_phonemes(spoken: str, binary: str = "espeak-ng", voice: str = "en
     """espeak-ng mnemonics for a respelling ("zuh-REL-toe" -> ``z'Vr'Elt'oU``).
 
     Lowercased first: espeak-ng spells an all-capitals word letter by letter, while respellings use
-    capitals for stress. Hyphens stay, so the syllables are read as one word.
+    capitals for stress. Hyphens stay, so the syllables are read as one word. The text goes in on
+    stdin, so a respelling can never be taken for an option.
     """
     text = spoken.lower() if re.fullmatch(r"[A-Za-z' -]+", spoken) else normalize(spoken)
     if shutil.which(binary) is None:
         raise DomainError([f"spoken form {spoken!r}: {binary!r} is not on PATH (it turns respellings into "
                            "phonemes); install espeak-ng or give the phonemes in column 3"])
     try:
-        done = subprocess.run([binary, "-q", "-x", "-v", voice, text], capture_output=True, text=True, timeout=60)
+        done = subprocess.run([binary, "-q", "-x", "-v", voice, "--stdin"], input=text + "\n", capture_output=True,
+                              text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise DomainError([f"spoken form {spoken!r}: {binary} failed: {e}"]) from None
     phonemes = " ".join(done.stdout.split())

@@ -470,3 +470,8 @@ def test_example_config_uses_its_own_term_file():
     assert len(D.read_domain_text(RECIPE / "conf" / "domain" / "example_sentences.txt").sentences) == 22
     schedule = (RECIPE / "conf" / "schedule" / "terms_example.yaml").read_text()
     assert "data/terms_example/text/names_used.txt" in schedule and "data/smoke/" not in schedule
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_a_respelling_is_never_an_espeak_option():
+    assert D.respelling_phonemes("-v") == D.respelling_phonemes("v")
