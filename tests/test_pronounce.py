@@ -271,6 +271,7 @@ def test_cli_lexicon_option_and_one_line_error(tmp_path):
 
 
 def test_choice_is_per_utterance_and_engine_without_alphabet_keeps_its_own():
+    assert {n: get_engine(n).phoneme_alphabet for n in ("espeak", "piper")} == pronounce.ENGINE_ALPHABETS
     opts = [Pronunciation(TERM, "a", "x", "en-us"), Pronunciation(TERM, "a", "y", "en-gb"),
             Pronunciation(TERM, "b", "z", "en-029")]
     espeak_picks = {pronounce.choose(opts, "espeak", 0, f"u{i}", TERM).espeak for i in range(40)}

@@ -465,11 +465,11 @@ def _names(names: Any) -> set:
 
 
 def build_plan(names: Iterable[Any], lexicon: Optional[PathLike] = None, max_variants: int = 0, seed: int = 0,
-               binary: str = "espeak-ng") -> Optional[PronunciationPlan]:
-    """The run's plan, or ``None`` when neither a lexicon nor variants were asked for.
+               binary: str = "espeak-ng") -> PronunciationPlan:
+    """The run's plan (built only when pronunciation control is on: without it nothing changes).
 
     ``names`` are the input lines' ``names`` fields; variants are generated once per distinct name
-    that the lexicon does not cover (one espeak-ng process per variety, not per term).
+    that the lexicon does not cover (two espeak-ng processes per variety, not per term).
     """
     lex = read_lexicon(lexicon, binary) if lexicon is not None else {}
     variants: Dict[str, List[Pronunciation]] = {}

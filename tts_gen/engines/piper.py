@@ -135,8 +135,12 @@ class PiperEngine(TTSEngine):
         loaded = self._load(voice.name)
         if not pronunciations:
             return loaded.voice.phonemize(text)
+        from piper.config import PhonemeType
+
         from tts_gen.pronounce import check_phonemes, markup
 
+        if loaded.voice.config.phoneme_type != PhonemeType.ESPEAK:  # [[...]] is read only by espeak voices
+            raise SynthesisError(f"piper voice {voice.name} is not espeak-phonemized: it takes no IPA pronunciations")
         id_map = loaded.voice.config.phoneme_id_map
         ipa: Dict[str, str] = {}
         for term, phonemes in pronunciations.items():
