@@ -126,6 +126,26 @@ def test_interrupted_dask_run_resumes_without_redoing(cluster, tmp_path, local_o
     assert _outputs(tmp_path / "out") == local_outputs
 
 
+def test_shar_shards_and_features_written_on_dask(cluster, tmp_path, local_outputs):
+    import numpy as np
+    from lhotse import CutSet
+
+    from synthasr.data.features import compute_fbank_shar
+    from synthasr.data.shar import load_shar, write_shar
+
+    _run(tmp_path, _text(tmp_path), num_jobs=1)
+    cuts = CutSet.from_cuts(c.with_recording_path_prefix(str(tmp_path))  # absolute audio paths for the workers
+                            for c in CutSet.from_file(tmp_path / "out" / "p_cuts.jsonl.gz"))
+    with make_executor("dask", scheduler=cluster.scheduler_address) as ex:
+        written = write_shar(cuts, tmp_path / "shar", shard_size=6, executor=ex)
+        feats = compute_fbank_shar(tmp_path / "shar", tmp_path / "fbank", executor=ex)
+    assert (written["shards"], written["written"], feats["shards"]) == (3, 3, 3)
+    shar = list(load_shar(tmp_path / "shar", shuffle_shards=False))
+    assert [c.id for c in shar] == [c.id for c in cuts]
+    assert all(np.array_equal(a.load_audio(), b.load_audio()) for a, b in zip(shar, cuts))
+    assert [c.id for c in load_shar(tmp_path / "fbank", shuffle_shards=False) if c.has_features] == [c.id for c in cuts]
+
+
 def test_unreachable_scheduler_is_one_line():
     import socket
 

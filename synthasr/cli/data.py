@@ -32,8 +32,12 @@ def _feature_config(path: Optional[str]):
               help="Write cuts + features as lhotse Shar shards here instead (one task per shard; resumable).")
 @click.option("--shard-size", default=1000, show_default=True, type=click.IntRange(min=1),
               help="Cuts per Shar shard (a Shar input keeps its own shards).")
+@click.option("--executor", "executor_kind", type=click.Choice(["local", "dask", "ray"]), default="local",
+              show_default=True, help="With --shar-dir: where the shard tasks run (as tts-gen --executor).")
+@click.option("--scheduler", default=None, help="With --executor dask/ray: the cluster address.")
 def compute_fbank_cmd(cuts_path: str, out_dir: Optional[str], prefix: Optional[str], num_jobs: int,
-                      feature_config: Optional[str], shar_dir: Optional[str], shard_size: int) -> None:
+                      feature_config: Optional[str], shar_dir: Optional[str], shard_size: int, executor_kind: str,
+                      scheduler: Optional[str]) -> None:
     """Compute fbank features (resumable: a complete output is left as is)."""
     from lhotse import CutSet
 
@@ -41,9 +45,10 @@ def compute_fbank_cmd(cuts_path: str, out_dir: Optional[str], prefix: Optional[s
     from synthasr.data.features import FeatureComputationError, compute_fbank, fbank_manifest_path
 
     if shar_dir:
-        return _compute_fbank_shar(cuts_path, shar_dir, num_jobs, feature_config, shard_size)
-    if not out_dir or not prefix or Path(cuts_path).is_dir():
-        raise click.UsageError("give --out-dir and --prefix with a --cuts manifest (a Shar input needs --shar-dir)")
+        return _compute_fbank_shar(cuts_path, shar_dir, num_jobs, feature_config, shard_size, executor_kind, scheduler)
+    if not out_dir or not prefix or Path(cuts_path).is_dir() or executor_kind != "local":
+        raise click.UsageError("give --out-dir and --prefix with a --cuts manifest (a Shar input, and --executor, "
+                               "need --shar-dir)")
     try:
         cfg = _feature_config(feature_config)
         cuts = CutSet.from_file(cuts_path)
@@ -54,19 +59,22 @@ def compute_fbank_cmd(cuts_path: str, out_dir: Optional[str], prefix: Optional[s
 
 
 def _compute_fbank_shar(cuts_path: str, shar_dir: str, num_jobs: int, feature_config: Optional[str],
-                        shard_size: int) -> None:
+                        shard_size: int, executor_kind: str, scheduler: Optional[str]) -> None:
     """``compute-fbank --shar-dir``: features into Shar shards, from a manifest or a Shar directory."""
     from lhotse import CutSet
 
     from synthasr.config import ConfigError
     from synthasr.data.features import compute_fbank_shar
     from synthasr.data.shar import SharError
+    from tts_gen.executors import ExecutorError, make_executor
 
     try:
         cfg = _feature_config(feature_config)
         source = cuts_path if Path(cuts_path).is_dir() else CutSet.from_file(cuts_path)
-        result = compute_fbank_shar(source, shar_dir, cfg, shard_size=shard_size, num_jobs=num_jobs)
-    except (ConfigError, SharError) as e:
+        with make_executor(executor_kind, num_jobs, scheduler) as executor:
+            result = compute_fbank_shar(source, shar_dir, cfg, shard_size=shard_size, num_jobs=num_jobs,
+                                        executor=executor)
+    except (ConfigError, SharError, ExecutorError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"shar {shar_dir}: {result['cuts']} cuts with {cfg.num_mel_bins}-bin fbank in {result['shards']} shards "
                f"({result['written']} written, {result['skipped']} complete from an earlier run)")

@@ -229,7 +229,7 @@ def _write_shards(jobs: List[Any], shar_dir: PathLike, fields: Dict[str, str], n
     """Write the shards of ``jobs`` (``(source, ids)`` per shard) that are not complete yet."""
     from synthasr.utils.io import ensure_dir
 
-    root = ensure_dir(shar_dir)
+    root = ensure_dir(Path(shar_dir).absolute())  # absolute: a remote worker has its own working directory
     _remove_stale_shards(root, len(jobs))
     todo = [k for k, (_, ids) in enumerate(jobs) if not _shard_complete(root, k, ids, fields)]
     args = [(jobs[k][0], str(root), k, fields, prepare, tick_power) for k in todo]
