@@ -19,7 +19,7 @@ def load_model(path, device: str = "cpu", num_threads: Any = None):
 
 
 def decode(audio, model, method: str = "greedy_search", beam_size: int = 4, sample_rate: Any = None,
-           hotwords: Any = None, hotword_score: float = 1.5, **kwargs: Any):
+           hotwords: Any = None, hotword_score: float = 0.5, **kwargs: Any):
     """Transcribe a path / array / tensor (-> str) or a list of them (-> list, None for bad items).
 
     ``model`` is a checkpoint path (loaded once, cached) or an ASRBundle. Extra keyword arguments

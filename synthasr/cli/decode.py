@@ -47,7 +47,7 @@ _common = [
     click.option("--beam-size", type=click.IntRange(min=1), default=4, show_default=True),
     click.option("--hotword", "hotwords", multiple=True, help="Phrase to bias toward ('phrase' or 'phrase:score')."),
     click.option("--hotwords-file", type=click.Path(dir_okay=False), help="One hotword per line."),
-    click.option("--hotword-score", type=float, default=1.5, show_default=True, help="Boost per token."),
+    click.option("--hotword-score", type=float, default=0.5, show_default=True, help="Boost per token."),
     click.option("--device", default="cpu", show_default=True),
     click.option("--num-threads", type=click.IntRange(min=1), default=None, help="torch.set_num_threads."),
 ]

@@ -97,7 +97,7 @@ class ASRBundle:
     def transcribe(self, audio: Union[AudioInput, Sequence[AudioInput]], sample_rate: Optional[int] = None,
                    method: str = "greedy_search", beam_size: int = 4,
                    hotwords: Optional[Sequence[Union[str, Tuple[str, float]]]] = None,
-                   hotword_score: float = 1.5, chunk_seconds: float = 30.0, batch_size: int = 8,
+                   hotword_score: float = 0.5, chunk_seconds: float = 30.0, batch_size: int = 8,
                    progress: bool = False, context_graph=None) -> Union[str, List[Optional[str]]]:
         """Text for one input (str) or for a list of inputs (list; ``None`` for unreadable items).
 
@@ -142,7 +142,7 @@ class ASRBundle:
             results.append(" ".join(p for p in pieces if p))
         return results[0] if single else results
 
-    def context_graph(self, hotwords, hotword_score: float = 1.5):
+    def context_graph(self, hotwords, hotword_score: float = 0.5):
         """A :class:`ContextGraph` for ``hotwords`` with this bundle's tokenizer (None when empty)."""
         from synthasr.decode.context_graph import ContextGraph
 
@@ -268,7 +268,7 @@ def load_model(path: Union[str, os.PathLike], device: Union[str, torch.device] =
 
 def decode(audio: Union[AudioInput, Sequence[AudioInput]], model: Union[str, os.PathLike, ASRBundle],
            method: str = "greedy_search", beam_size: int = 4, sample_rate: Optional[int] = None,
-           hotwords: Optional[Sequence[str]] = None, hotword_score: float = 1.5, chunk_seconds: float = 30.0,
+           hotwords: Optional[Sequence[str]] = None, hotword_score: float = 0.5, chunk_seconds: float = 30.0,
            device: Union[str, torch.device] = "cpu", num_threads: Optional[int] = None
            ) -> Union[str, List[Optional[str]]]:
     """Transcribe ``audio`` with a checkpoint path (cached) or a loaded bundle."""
