@@ -164,3 +164,27 @@ def test_shar_stream_pickles_without_its_data(built):
     assert isinstance(stream, SharStream)
     clone = pickle.loads(pickle.dumps(stream))
     assert json.dumps(clone.fields) == json.dumps(stream.fields) and len(clone) == len(LINES)
+
+
+def test_sharded_runs_combine_into_shar_and_single_stage_training_reads_it(built, tmp_path):
+    from synthasr.cli.train import _train_cuts
+    from synthasr.config import ConfigError
+
+    runner = CliRunner()
+    args = [str(built / "in.txt"), str(tmp_path / "out"), "--domain", "medication", "--prefix", "med",
+            "--voices-file", str(built / "voices.txt"), "--no-progress"]
+    res = runner.invoke(cli, ["tts-gen", *args, "--shard", "1/2", "--shar-dir", str(tmp_path / "x")])
+    assert res.exit_code == 1 and "combine the shards first" in res.output
+    for k in (1, 2):
+        assert runner.invoke(cli, ["tts-gen", *args, "--shard", f"{k}/2"]).exit_code == 0
+    res = runner.invoke(cli, ["tts-combine", str(tmp_path / "out"), "--prefix", "med", "--shar-dir",
+                              str(tmp_path / "shar"), "--shar-shard-size", "4"])
+    assert res.exit_code == 0 and "11 cuts in 3 shards (3 written" in res.output, res.output
+    lazy = _train_cuts(str(tmp_path / "shar"), "train.yaml")
+    # (utterance ids: cut ids of combined shards differ from an unsharded run's, see tts_gen.combine_shards)
+    utts = sorted(c.supervisions[0].id for c in load_shar(built / "audio_shar"))
+    assert lazy.is_lazy and sorted(c.supervisions[0].id for c in lazy) == utts
+    (tmp_path / "shar" / "cuts.000002.jsonl.gz").unlink()
+    with pytest.raises(ConfigError, match=r"train.yaml: train_cuts: .*missing shard cuts\.000002\.jsonl\.gz"):
+        _train_cuts(str(tmp_path / "shar"), "train.yaml")
+
