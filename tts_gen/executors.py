@@ -23,7 +23,6 @@ import contextlib
 import logging
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
-LOG = logging.getLogger("tts_gen")
 EXECUTORS = ("local", "dask", "ray")
 DEFAULT_CONNECT_TIMEOUT = 30.0
 
