@@ -146,6 +146,25 @@ def test_shar_shards_and_features_written_on_dask(cluster, tmp_path, local_outpu
     assert [c.id for c in load_shar(tmp_path / "fbank", shuffle_shards=False) if c.has_features] == [c.id for c in cuts]
 
 
+def test_cli_on_a_dask_scheduler(cluster, tmp_path):
+    from click.testing import CliRunner
+
+    from synthasr.cli import cli
+
+    voices = tmp_path / "voices.txt"
+    voices.write_text("\n".join(v.id for v in VOICES) + "\n", encoding="utf-8")
+    addr = cluster.scheduler_address
+    res = CliRunner().invoke(cli, ["tts-gen", str(_text(tmp_path)), str(tmp_path / "out"), "--domain", "med",
+                                   "--prefix", "p", "--voices-file", str(voices), "--seed", "7", "--no-progress",
+                                   "--executor", "dask", "--scheduler", addr, "--shar-dir", str(tmp_path / "shar"),
+                                   "--shar-shard-size", "8"])
+    assert res.exit_code == 0, res.output
+    assert f"p: {len(LINES)} utterances" in res.output and f"{len(LINES)} cuts in shards of 8" in res.output
+    res = CliRunner().invoke(cli, ["compute-fbank", "--cuts", str(tmp_path / "shar"), "--shar-dir",
+                                   str(tmp_path / "fbank"), "--executor", "dask", "--scheduler", addr])
+    assert res.exit_code == 0 and f"{len(LINES)} cuts with 80-bin fbank in 2 shards (2 written" in res.output, res.output
+
+
 def test_unreachable_scheduler_is_one_line():
     import socket
 
