@@ -260,3 +260,12 @@ def test_results_page_splits_held_out_voices_by_engine(tmp_path):
     assert "| `loeo` | med_test | 0.00 (2) | 100.00 (1) | 100.0 (seen 100.0, unseen 100.0) | 0.0 |" in text
     assert "missing" not in text  # a stage without eval.json has no row
     assert _write_results_module().cross_engine_section(tmp_path / "none", ["baseline"], {}, []) == []
+
+
+def test_results_page_names_the_users_domain_inputs(tmp_path):
+    module = _write_results_module()
+    assert "real drug names" in module.new_domain_line({}, tmp_path)  # packaged lists: no inputs file
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "domain_inputs.txt").write_text("my_terms.tsv@7ea3 notes.txt@5134 medication.txt@f384\n")
+    line = module.new_domain_line({}, tmp_path)
+    assert "`my_terms.tsv`, `notes.txt`, `medication.txt`" in line and "real drug names" not in line

@@ -270,6 +270,17 @@ def peer_section(exp: Path, report: Dict[str, Any], baseline: str, final: str, s
     return L
 
 
+def new_domain_line(cfg: Dict[str, Any], data: Path) -> str:
+    """What the new domain's text was made from: the user's inputs (run.sh --terms/--domain-text, recorded
+    by stage 0 in ``domain_inputs.txt``) or the packaged drug lists."""
+    inputs = data / "text" / "domain_inputs.txt"
+    if inputs.is_file():
+        names = [item.split("@", 1)[0] for item in inputs.read_text(encoding="utf-8").split()]
+        return ("synthetic speech of sentences built from your own domain inputs (" +
+                ", ".join(f"`{n}`" for n in names) + "; see docs/your_domain.md)")
+    return "synthetic speech of medication carrier sentences (real drug names, see `local/README.md`)"
+
+
 def render(cfg: Dict[str, Any], config_path: str, exp: Path, data: Path, out: Optional[Path] = None) -> str:
     report = _read_json(exp / "report.json")
     res = cfg.get("results") or {}
@@ -298,7 +309,7 @@ def render(cfg: Dict[str, Any], config_path: str, exp: Path, data: Path, out: Op
         "",
         f"* Hardware: {hardware()}.",
         f"* General domain: {general_line}.",
-        "* New domain: synthetic speech of medication carrier sentences (real drug names, see `local/README.md`).",
+        f"* New domain: {new_domain_line(cfg, data)}.",
         "* Every dev/test utterance is spoken by a voice that never speaks a training utterance (see the voice table).",
         "",
         f"## Baseline vs final (`{baseline}` → `{final}`), WER %",
