@@ -156,3 +156,15 @@ def test_bad_filters_and_breakdowns_are_one_line_errors(tagged, tmp_path, where,
     with pytest.raises(ScheduleError, match=message) as err:
         validate_schedule(path, exp_dir=tmp_path / "exp")
     assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_select_cuts_on_a_lazy_cutset_stays_lazy(tmp_path):
+    cuts = CutSet.from_cuts(_cut(f"c{i}", e) for i, e in enumerate(["espeak", "piper", "espeak"]))
+    cuts.to_file(tmp_path / "c.jsonl.gz")
+    lazy = CutSet.from_jsonl_lazy(tmp_path / "c.jsonl.gz")
+    chosen = select_cuts(lazy, {"engine": "espeak"})
+    assert chosen.is_lazy  # never materialised (a Shar source would read all its audio)
+    assert [c.id for c in chosen] == ["c0", "c2"]
+    import pickle
+
+    assert [c.id for c in pickle.loads(pickle.dumps(chosen))] == ["c0", "c2"]  # DataLoader workers

@@ -38,10 +38,23 @@ def matches(cut, where: TagFilter) -> bool:
     return all(cut_tag(cut, field) in _allowed(spec) for field, spec in where.items())
 
 
+class TagPredicate:
+    """Picklable ``matches(cut, where)``, for lazily filtered (e.g. lhotse Shar) CutSets."""
+
+    def __init__(self, where: TagFilter) -> None:
+        self.where = {k: _allowed(v) for k, v in where.items()}
+
+    def __call__(self, cut) -> bool:
+        return matches(cut, self.where)
+
+
 def select_cuts(cuts, where: TagFilter):
-    """The cuts of ``cuts`` (a CutSet) that match ``where``, in order, as an eager CutSet."""
+    """The cuts of ``cuts`` (a CutSet) that match ``where``, in order: an eager CutSet, or for a lazy
+    one (a Shar source, which would read its audio if iterated here) a lazy filter over it."""
     from lhotse import CutSet
 
+    if cuts.is_lazy:
+        return cuts.filter(TagPredicate(where))
     return CutSet.from_cuts(c for c in cuts if matches(c, where))
 
 

@@ -307,6 +307,8 @@ def _select_source(cuts, spec: SourceConfig, path: Path, where: str):
     """The cuts matching ``spec.where``; no match at all is an error (a typo in a tag value)."""
     from synthasr.data.tags import TagError, select_cuts
 
+    if cuts.is_lazy:  # a Shar source: filtered as it streams; a missing tag fails when it is read
+        return select_cuts(cuts, spec.where)
     for field in spec.where:
         _check_tags(cuts, field, path, where)
     try:
