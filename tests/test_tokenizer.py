@@ -111,3 +111,28 @@ def test_train_bpe_cli(tmp_path):
     bad = CliRunner().invoke(cli, ["train-bpe", "--text", str(text), "--out-dir", str(tmp_path / "l2"),
                                    "--vocab-size", "5000"])
     assert bad.exit_code != 0 and "too large" in bad.output
+
+
+def test_train_bpe_reads_jsonl_text_field_only(tmp_path):
+    """The recipe's splits are JSONL: the units must come from the 'text' field, never from the keys,
+    ids or the raw copy (which a plain-text read would normalise into 'id general train zero ...')."""
+    import json
+
+    from click.testing import CliRunner
+
+    from synthasr.cli import cli
+
+    text = tmp_path / "general_train.jsonl"
+    records = [{"id": f"general-train-{i:06d}", "text": line, "raw": line.upper(), "source": "wordnet"}
+               for i, line in enumerate(["the sound faded out", "dashed by the refusal", "a quiet sound"] * 20)]
+    text.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["train-bpe", "--text", str(text), "--out-dir", str(tmp_path / "lang"),
+                                      "--vocab-size", "40", "--no-hard-vocab-limit"])
+    assert result.exit_code == 0, result.output
+    pieces = set((tmp_path / "lang" / "tokens.txt").read_text(encoding="utf-8").split())
+    letters = set("".join(p.lstrip("\u2581") for p in pieces if not p.startswith("<") and not p.isdigit()))
+    assert letters <= set("thesoundfadedoutashedbyrefusalquiet"), letters  # no 'w' (wordnet), 'g' (general), 'z' (zero)
+
+    text.write_text('{"id": "x", "raw": "no text field"}\n', encoding="utf-8")
+    bad = CliRunner().invoke(cli, ["train-bpe", "--text", str(text), "--out-dir", str(tmp_path / "l2")])
+    assert bad.exit_code != 0 and f"{text}:1:" in bad.output and "'text' field" in bad.output

@@ -1,6 +1,8 @@
 """``synthasr normalize``, ``train-bpe``, ``score`` and ``prepare-domain``: thin wrappers over the library."""
 from __future__ import annotations
 
+import gzip
+import json
 import sys
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
@@ -20,21 +22,53 @@ def _split_id(line: str, kaldi: bool) -> Tuple[Optional[str], str]:
     return (parts[0] if parts else ""), (parts[1] if len(parts) > 1 else "")
 
 
+def _is_jsonl(path: str) -> bool:
+    return path.endswith((".jsonl", ".jsonl.gz"))
+
+
+def _jsonl_text(line: str, where: str) -> Tuple[Optional[str], str]:
+    """(id, text) of one JSONL record: the recipe's text splits keep the sentence under ``text``."""
+    try:
+        record = json.loads(line)
+    except ValueError as e:
+        raise click.ClickException(f"{where}: not a JSON object ({e})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise click.ClickException(f"{where}: a JSONL text line needs a string 'text' field")
+    utt_id = record.get("id")
+    return (None if utt_id is None else str(utt_id)), record["text"]
+
+
 def _normalized_lines(path: str, kaldi: bool, skip_errors: bool) -> Iterator[Tuple[Optional[str], str]]:
-    """Yield (utt_id, normalized text) per line; a bad line is fatal unless ``skip_errors``."""
-    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")
+    """Yield (utt_id, normalized text) per line; a bad line is fatal unless ``skip_errors``.
+
+    ``*.jsonl`` / ``*.jsonl.gz`` files (the recipe's text splits) are read by their ``text`` field;
+    anything else is plain text, or ``utt_id text`` with ``kaldi``. (Normalising a JSON line as
+    plain text would train a tokenizer on its keys and ids.)"""
+    jsonl = path != "-" and _is_jsonl(path)
+    if path == "-":
+        stream = sys.stdin
+    elif path.endswith(".gz"):
+        stream = gzip.open(path, "rt", encoding="utf-8")
+    else:
+        stream = open(path, encoding="utf-8")
     skipped = 0
     try:
         for line_no, line in enumerate(stream, start=1):
-            utt_id, text = _split_id(line.rstrip("\n"), kaldi)
+            line = line.rstrip("\n")
+            if jsonl:
+                if not line.strip():
+                    continue
+                utt_id, text = _jsonl_text(line, f"{path}:{line_no}")
+            else:
+                utt_id, text = _split_id(line, kaldi)
             try:
                 yield utt_id, normalize(text)
             except NormalizationError as e:
                 if not skip_errors:
                     raise click.ClickException(f"{path}:{line_no}: {e}") from None
                 skipped += 1
-    except UnicodeDecodeError as e:
-        raise click.ClickException(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile) as e:
+        raise click.ClickException(f"{path}: not readable UTF-8 text ({e})") from None
     finally:
         if stream is not sys.stdin:
             stream.close()
@@ -65,7 +99,7 @@ def normalize_cmd(input_path: str, output_path: str, kaldi: bool, skip_errors: b
 
 @click.command("train-bpe")
 @click.option("--text", "text_files", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Training text file(s), one sentence per line (repeatable). Normalized on the fly.")
+              help="Training text: one sentence per line, or JSONL (*.jsonl[.gz], its 'text' field). Repeatable.")
 @click.option("--out-dir", required=True, type=click.Path(file_okay=False), help="Writes bpe.model and tokens.txt here.")
 @click.option("--vocab-size", default=500, show_default=True, type=click.IntRange(min=4))
 @click.option("--model-type", default="bpe", show_default=True, type=click.Choice(["bpe", "unigram"]))
