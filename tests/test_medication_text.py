@@ -185,3 +185,52 @@ def test_general_vocab_size_closes_the_vocabulary():
     with pytest.raises(P.TextPrepError, match="3 most frequent words"):
         P.split_general(pool, banned=set(), sizes={"train": 6, "dev": 0, "test": 0}, rng=random.Random(0),
                         vocab_size=3)
+
+
+def test_lm_text_keeps_out_every_scored_sentence_and_trains_an_lm(out, tmp_path):
+    """local/prepare_lm_text.py: the general pool + training splits, never a dev/test or real-speech
+    sentence; then `synthasr train-lm` over a BPE model with the term list as extra sentences."""
+    import subprocess
+
+    from click.testing import CliRunner
+
+    from synthasr.cli import cli
+    from synthasr.tokenizer import train_bpe
+
+    out_dir, _ = out
+    data = tmp_path / "data"
+    (data / "real").mkdir(parents=True)
+    (data / "text").symlink_to(out_dir, target_is_directory=True)
+    general_train = [r["text"] for r in _jsonl(out_dir / "general_train.jsonl")]
+    (data / "real" / "general_real.jsonl").write_text(json.dumps({"id": "r1", "text": general_train[0]}) + "\n",
+                                                      encoding="utf-8")
+    lm_text = tmp_path / "lm_text.txt"
+    script = _SCRIPT.parent / "prepare_lm_text.py"
+    run = subprocess.run([sys.executable, str(script), "--data-dir", str(data), "--out", str(lm_text)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    lines = lm_text.read_text(encoding="utf-8").splitlines()
+    held_out = {r["text"] for split in ("general_dev", "general_test", "med_dev", "med_test", "med_test_unseen")
+                for r in _jsonl(out_dir / f"{split}.jsonl")}
+    assert held_out and not held_out.intersection(lines)
+    assert general_train[0] not in lines  # a real-speech transcript is scored: kept out too
+    assert set(general_train[1:]) <= set(lines) and len(lines) == len(set(lines))
+    assert {r["text"] for r in _jsonl(out_dir / "med_train.jsonl")} <= set(lines)
+    assert len(lines) > len(general_train) + 100  # the general pool adds text nobody spoke
+    names = {line.split("\t")[0] for line in (out_dir / "medication_names.txt").read_text(encoding="utf-8").splitlines()}
+    med_train = {r["text"] for r in _jsonl(out_dir / "med_train.jsonl")}
+    assert not any(names.intersection(s.split()) for s in lines if s not in med_train)
+
+    train_bpe(lines[:2000], tmp_path / "lang", vocab_size=120)
+    arpa, some = tmp_path / "lm.arpa.gz", tmp_path / "some.txt"
+    some.write_text("".join(line + "\n" for line in lines[:3000]), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["train-lm", "--bpe-model", str(tmp_path / "lang" / "bpe.model"), "--text",
+                                      str(some), "--terms", str(out_dir / "names_used.txt"), "--order", "3",
+                                      "--out", str(arpa), "--dev-text", str(out_dir / "med_dev.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert "3-grams" in result.output and "per-token perplexity" in result.output and arpa.is_file()
+    bad_terms = tmp_path / "terms.txt"
+    bad_terms.write_text("aspirin\n\u0007\n", encoding="utf-8")
+    bad = CliRunner().invoke(cli, ["train-lm", "--bpe-model", str(tmp_path / "lang" / "bpe.model"), "--text",
+                                   str(some), "--terms", str(bad_terms), "--out", str(tmp_path / "x.arpa")])
+    assert bad.exit_code != 0 and f"{bad_terms}:2:" in bad.output

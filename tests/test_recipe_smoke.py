@@ -62,6 +62,9 @@ def test_report_exists_and_parses(smoke_run: Path) -> None:
     results = (smoke_run / "exp" / "smoke" / "RESULTS.md").read_text()
     assert "| (f) then top encoder layer unfrozen under EWC + speed perturbation: full multi-stage | `adapt_ewc` |" in results
     assert "| modified_beam_search-hotwords | `adapt_ewc` |" in results  # stage 9 rows, same-decoding changes
+    assert "| modified_beam_search-lm-hotwords | `adapt_ewc` |" in results  # + shallow fusion (stage 9's LM)
+    assert "## Targets with the shipped decoding (`modified_beam_search-lm-hotwords`)" in results
+    assert (smoke_run / "data" / "smoke" / "lang_bpe_100" / "lm_2gram.arpa.gz").is_file()
     assert "| Whisper tiny.en | greedy-hotwords |" in results  # the peer row beside our models
     assert "## Cross-engine: held-out voices split by engine" in results  # eval sets' breakdown: engine
     assert "| `adapt_ewc` | med_test | " in results

@@ -318,18 +318,32 @@ if should_run 9 decode; then
   parts=(general_test med_test med_test_unseen)
   [ ! -f "$data/fbank/general_real_cuts_fbank.jsonl.gz" ] || parts+=(general_real)
   terms=(--terms "$data/text/names_used.txt" --terms-group-column 3)  # name recall, seen vs unseen
+  hotword_args=(--hotwords-file "$data/text/hotwords.txt" --hotword-score "$(conf decode.hotword_score 0.5)")
+  # Shallow fusion: a token 4-gram over the BPE units from all the text the recipe has (the general pool,
+  # the training splits, every term of the list; never a dev/test sentence): local/prepare_lm_text.py.
+  lm_order=$(conf decode.lm.order 0)
+  settings=("$method" "${method}-hotwords")
+  if [ "$lm_order" -gt 0 ]; then
+    lm=$bpe_dir/lm_${lm_order}gram.arpa.gz
+    $PYTHON local/prepare_lm_text.py --data-dir "$data" --out "$bpe_dir/lm_text.txt"
+    synthasr train-lm --bpe-model "$bpe_dir/bpe.model" --text "$bpe_dir/lm_text.txt" \
+      --terms "$data/text/names_used.txt" --order "$lm_order" --out "$lm" \
+      --dev-text "$data/text/general_dev.jsonl"
+    lm_args=(--lm "$lm" --lm-scale "$(conf decode.lm.scale 0.5)" --lm-token-bonus "$(conf decode.lm.token_bonus 0)")
+    settings+=("${method}-lm" "${method}-lm-hotwords")
+  fi
   for model_stage in "$baseline_stage" "$final_stage"; do
     for part in "${parts[@]}"; do
       by_engine=(--breakdown engine)  # synthetic sets: WER and name recall per TTS engine too
       [ "$part" != general_real ] || by_engine=()
-      synthasr evaluate --model "$exp/$model_stage/final.pt" --cuts "$data/fbank/${part}_cuts_fbank.jsonl.gz" \
-        --out-dir "$exp/$model_stage/decode_biasing" --name "$part" --method "$method" \
-        --beam-size "$(conf decode.beam_size 4)" --suffix "$method" "${terms[@]}" "${by_engine[@]}"
-      synthasr evaluate --model "$exp/$model_stage/final.pt" --cuts "$data/fbank/${part}_cuts_fbank.jsonl.gz" \
-        --out-dir "$exp/$model_stage/decode_biasing" --name "$part" --method "$method" \
-        --beam-size "$(conf decode.beam_size 4)" --suffix "${method}-hotwords" \
-        --hotwords-file "$data/text/hotwords.txt" --hotword-score "$(conf decode.hotword_score 0.5)" "${terms[@]}" \
-        "${by_engine[@]}"
+      for setting in "${settings[@]}"; do
+        extra=()
+        case "$setting" in *-lm*) extra+=("${lm_args[@]}") ;; esac
+        case "$setting" in *hotwords) extra+=("${hotword_args[@]}") ;; esac
+        synthasr evaluate --model "$exp/$model_stage/final.pt" --cuts "$data/fbank/${part}_cuts_fbank.jsonl.gz" \
+          --out-dir "$exp/$model_stage/decode_biasing" --name "$part" --method "$method" \
+          --beam-size "$(conf decode.beam_size 4)" --suffix "$setting" "${extra[@]}" "${terms[@]}" "${by_engine[@]}"
+      done
     done
   done
   if [ "$(conf peer.enabled false)" = true ]; then

@@ -19,6 +19,7 @@ _COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "tts-voices": ("synthasr.cli.tts_gen", "tts_voices", "List, sample or split TTS voices."),
     "normalize": ("synthasr.cli.text", "normalize_cmd", "Normalize text the way TTS, training and scoring see it."),
     "train-bpe": ("synthasr.cli.text", "train_bpe_cmd", "Train a sentencepiece BPE model + tokens.txt."),
+    "train-lm": ("synthasr.cli.text", "train_lm_cmd", "Estimate a token n-gram LM (ARPA) for shallow fusion."),
     "prepare-domain": ("synthasr.cli.text", "prepare_domain_cmd", "Your term list (+ domain text) -> text splits for TTS."),
     "compute-fbank": ("synthasr.cli.data", "compute_fbank_cmd", "Compute and store 80-dim fbank features for a CutSet."),
     "train": ("synthasr.cli.train", "train", "Train an RNN-T from a config, or run a multi-stage schedule."),

@@ -31,6 +31,18 @@ def _load_bundle(model: str, device: str, num_threads: Optional[int]):
         raise click.ClickException(str(e)) from None
 
 
+def _fusion(bundle, lm_path: Optional[str], scale: float, token_bonus: float):
+    from synthasr.decode.search import ShallowFusion
+    from synthasr.lm.ngram import NgramError
+
+    if lm_path is None:
+        return None
+    try:
+        return ShallowFusion(bundle.language_model(lm_path), scale, token_bonus)
+    except NgramError as e:
+        raise click.ClickException(str(e)) from None
+
+
 def _context_graph(bundle, hotwords: List[str], score: float):
     from synthasr.decode.context_graph import HotwordError
 
@@ -48,6 +60,12 @@ _common = [
     click.option("--hotword", "hotwords", multiple=True, help="Phrase to bias toward ('phrase' or 'phrase:score')."),
     click.option("--hotwords-file", type=click.Path(dir_okay=False), help="One hotword per line."),
     click.option("--hotword-score", type=float, default=0.5, show_default=True, help="Boost per token."),
+    click.option("--lm", "lm_path", type=click.Path(exists=True, dir_okay=False), default=None,
+                 help="Token n-gram LM (ARPA[.gz] from `synthasr train-lm`) for shallow fusion; implies modified_beam_search."),
+    click.option("--lm-scale", type=click.FloatRange(min=0.0), default=0.3, show_default=True,
+                 help="Weight of the LM's log-probabilities (with --lm)."),
+    click.option("--lm-token-bonus", type=float, default=0.0, show_default=True,
+                 help="Score added per emitted token (with --lm): offsets the LM's per-token cost."),
     click.option("--device", default="cpu", show_default=True),
     click.option("--num-threads", type=click.IntRange(min=1), default=None, help="torch.set_num_threads."),
 ]
@@ -64,20 +82,22 @@ def _with_common(fn):
 @_with_common
 @click.option("--chunk-seconds", type=click.FloatRange(min=0.5), default=30.0, show_default=True)
 def decode(audio: Tuple[str, ...], model_path: str, method: str, beam_size: int, hotwords: Tuple[str, ...],
-           hotwords_file: Optional[str], hotword_score: float, device: str, num_threads: Optional[int],
-           chunk_seconds: float) -> None:
+           hotwords_file: Optional[str], hotword_score: float, lm_path: Optional[str], lm_scale: float,
+           lm_token_bonus: float, device: str, num_threads: Optional[int], chunk_seconds: float) -> None:
     """Transcribe audio files; prints 'PATH<TAB>TEXT' per file (unreadable files: error on stderr,
     exit status 1 after the others are decoded)."""
     import warnings
 
     bundle = _load_bundle(model_path, device, num_threads)
     graph = _context_graph(bundle, _hotword_list(hotwords, hotwords_file), hotword_score)
-    if graph is not None:
+    fusion = _fusion(bundle, lm_path, lm_scale, lm_token_bonus)
+    if graph is not None or fusion is not None:
         method = "modified_beam_search"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         texts = bundle.transcribe(list(audio), method=method, beam_size=beam_size, context_graph=graph,
-                                  chunk_seconds=chunk_seconds)
+                                  chunk_seconds=chunk_seconds, lm=fusion.lm if fusion else None,
+                                  lm_scale=lm_scale, lm_token_bonus=lm_token_bonus)
     for w in caught:
         click.echo(f"error: {w.message}", err=True)
     for path, text in zip(audio, texts):
@@ -102,7 +122,9 @@ def decode(audio: Tuple[str, ...], model_path: str, method: str, beam_size: int,
 @click.option("--breakdown", default=None, metavar="TAG",
               help="Also score per value of this cut tag (e.g. engine): wer-by-TAG-*.txt.")
 def evaluate(model_path: str, method: str, beam_size: int, hotwords: Tuple[str, ...], hotwords_file: Optional[str],
-             hotword_score: float, device: str, num_threads: Optional[int], cuts_path: str, out_dir: str,
+             hotword_score: float, lm_path: Optional[str], lm_scale: float, lm_token_bonus: float, device: str,
+             num_threads: Optional[int],
+             cuts_path: str, out_dir: str,
              test_set_name: str, suffix: Optional[str], max_duration: float, terms_file: Optional[str],
              terms_group_column: Optional[int], breakdown: Optional[str]) -> None:
     """Decode a CutSet, write recogs/errs/wer-summary (+ terms) files to OUT_DIR and print the WER."""
@@ -120,7 +142,8 @@ def evaluate(model_path: str, method: str, beam_size: int, hotwords: Tuple[str, 
         raise click.ClickException(str(e)) from None
     bundle = _load_bundle(model_path, device, num_threads)
     graph = _context_graph(bundle, _hotword_list(hotwords, hotwords_file), hotword_score)
-    if graph is not None:
+    fusion = _fusion(bundle, lm_path, lm_scale, lm_token_bonus)
+    if graph is not None or fusion is not None:
         method = "modified_beam_search"
     try:
         cuts = load_manifest_lazy(cuts_path)
@@ -130,7 +153,7 @@ def evaluate(model_path: str, method: str, beam_size: int, hotwords: Tuple[str, 
         result = run_evaluate(bundle.model, bundle.tokenizer, cuts, out_dir, test_set_name, method=method,
                               beam_size=beam_size, device=device, max_duration=max_duration,
                               feature_config=bundle.feature_config, context_graph=graph, suffix=suffix, terms=terms,
-                              breakdown=breakdown)
+                              breakdown=breakdown, fusion=fusion)
     except EvaluateError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{test_set_name}\t{result.wer:.2f}% WER ({result.word.ref_words} words) -> {Path(out_dir)}")

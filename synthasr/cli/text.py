@@ -1,4 +1,4 @@
-"""``synthasr normalize``, ``train-bpe``, ``score`` and ``prepare-domain``: thin wrappers over the library."""
+"""``synthasr normalize``, ``train-bpe``, ``train-lm``, ``score`` and ``prepare-domain``: thin wrappers over the library."""
 from __future__ import annotations
 
 import gzip
@@ -130,6 +130,62 @@ def train_bpe_cmd(
     except TokenizerError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"wrote {model_path} and {Path(out_dir) / 'tokens.txt'} from {len(texts)} lines")
+
+
+@click.command("train-lm")
+@click.option("--bpe-model", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The recognizer's bpe.model: the LM's units are its pieces.")
+@click.option("--text", "text_files", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Text: one sentence per line, or JSONL (*.jsonl[.gz], its 'text' field). Repeatable.")
+@click.option("--terms", "terms_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Term list (first tab-separated column): each term is added as a sentence of its own. Repeatable.")
+@click.option("--order", default=4, show_default=True, type=click.IntRange(min=1, max=10))
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="ARPA file (.gz compresses).")
+@click.option("--dev-text", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Held-out text: print the LM's per-token perplexity on it.")
+@click.option("--skip-errors", is_flag=True, help="Drop lines that cannot be normalized instead of failing.")
+def train_lm_cmd(bpe_model: str, text_files: Tuple[str, ...], terms_files: Tuple[str, ...], order: int, out_path: str,
+                 dev_text: Optional[str], skip_errors: bool) -> None:
+    """Estimate a Kneser-Ney token n-gram LM over a BPE model's units, for shallow fusion (ARPA)."""
+    from synthasr.lm.ngram import NgramError, estimate_from_text, ngram_counts, perplexity
+    from synthasr.tokenizer import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.load(bpe_model)
+    except TokenizerError as e:
+        raise click.ClickException(str(e)) from None
+    texts: List[str] = []
+    for path in text_files:
+        texts.extend(text for _, text in _normalized_lines(path, False, skip_errors))
+    for path in terms_files:
+        texts.extend(_normalized_terms(path, skip_errors))
+    try:
+        lm = estimate_from_text(texts, tokenizer, order)
+        lm.write_arpa(out_path, [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)])
+    except NgramError as e:
+        raise click.ClickException(str(e)) from None
+    counts = ", ".join(f"{n}-grams {c}" for n, c in ngram_counts(lm).items())
+    click.echo(f"wrote {out_path} from {len(texts)} sentences: {counts}")
+    if dev_text:
+        dev = tokenizer.encode([t for _, t in _normalized_lines(dev_text, False, skip_errors) if t])
+        click.echo(f"{dev_text}: per-token perplexity {perplexity(lm, dev):.2f} over {len(dev)} sentences")
+
+
+def _normalized_terms(path: str, skip_errors: bool) -> Iterator[str]:
+    """Normalised first column of a term list (blank lines and '#' comments skipped)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise click.ClickException(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for line_no, line in enumerate(lines, start=1):
+        term = line.split("\t", 1)[0].strip()
+        if not term or term.startswith("#"):
+            continue
+        try:
+            yield normalize(term)
+        except NormalizationError as e:
+            if not skip_errors:
+                raise click.ClickException(f"{path}:{line_no}: {e}") from None
 
 
 @click.command("score")

@@ -17,6 +17,7 @@ from typing import Any
 _EXPORTS = {
     "greedy_search": "synthasr.decode.search",
     "modified_beam_search": "synthasr.decode.search",
+    "ShallowFusion": "synthasr.decode.search",
     "ContextGraph": "synthasr.decode.context_graph",
     "ContextState": "synthasr.decode.context_graph",
     "HotwordError": "synthasr.decode.context_graph",

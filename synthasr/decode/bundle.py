@@ -98,13 +98,17 @@ class ASRBundle:
                    method: str = "greedy_search", beam_size: int = 4,
                    hotwords: Optional[Sequence[Union[str, Tuple[str, float]]]] = None,
                    hotword_score: float = 0.5, chunk_seconds: float = 30.0, batch_size: int = 8,
-                   progress: bool = False, context_graph=None) -> Union[str, List[Optional[str]]]:
+                   progress: bool = False, context_graph=None, lm=None, lm_scale: float = 0.3,
+                   lm_token_bonus: float = 0.0) -> Union[str, List[Optional[str]]]:
         """Text for one input (str) or for a list of inputs (list; ``None`` for unreadable items).
 
         ``sample_rate`` is required for arrays/tensors and ignored for files. ``hotwords`` (phrases,
         ``"phrase:score"`` strings or ``(phrase, score)`` pairs) switch on contextual biasing, which
         needs ``method="modified_beam_search"`` (it is selected automatically when hotwords are given).
         A prebuilt ``context_graph`` (see :meth:`context_graph`) may be passed instead of ``hotwords``.
+        ``lm`` (an ARPA path over this model's BPE units, or a loaded :class:`synthasr.lm.ngram.NgramLM`)
+        adds shallow fusion (weight ``lm_scale``, ``lm_token_bonus`` per token; see
+        :class:`synthasr.decode.search.ShallowFusion`) and also selects modified beam search.
         """
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -112,7 +116,13 @@ class ASRBundle:
             raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
         if context_graph is None and hotwords:
             context_graph = self.context_graph(hotwords, hotword_score)
-        if context_graph is not None:
+        fusion = None
+        if lm is not None:
+            from synthasr.decode.search import ShallowFusion
+
+            lm = lm if hasattr(lm, "log_probs") else self.language_model(lm)
+            fusion = ShallowFusion(lm, lm_scale, lm_token_bonus)
+        if context_graph is not None or fusion is not None:
             method = "modified_beam_search"
         if sample_rate is not None:
             sample_rate = check_sample_rate(sample_rate)
@@ -132,7 +142,7 @@ class ASRBundle:
                 continue
             chunks.extend(self._chunk_features(i, samples, chunk_seconds))
 
-        texts = self._decode_chunks(chunks, method, beam_size, context_graph, batch_size, progress)
+        texts = self._decode_chunks(chunks, method, beam_size, context_graph, batch_size, progress, fusion)
         results: List[Optional[str]] = []
         for i in range(len(items)):
             if i in failed:
@@ -147,6 +157,12 @@ class ASRBundle:
         from synthasr.decode.context_graph import ContextGraph
 
         return ContextGraph.from_phrases(list(hotwords or []), self.tokenizer, score=hotword_score)
+
+    def language_model(self, path: Union[str, os.PathLike]):
+        """An n-gram LM (ARPA, optionally .gz) over this bundle's BPE units, for ``transcribe(lm=...)``."""
+        from synthasr.lm.ngram import NgramLM
+
+        return NgramLM.load(path, self.tokenizer)
 
     def load_audio(self, item: AudioInput, sample_rate: Optional[int] = None) -> np.ndarray:
         """Mono float32 samples at the model's sampling rate (see :func:`load_audio`)."""
@@ -173,7 +189,7 @@ class ASRBundle:
 
     @torch.inference_mode()
     def _decode_chunks(self, chunks: List[_Chunk], method: str, beam_size: int, context_graph,
-                       batch_size: int, progress: bool) -> Dict[Tuple[int, int], str]:
+                       batch_size: int, progress: bool, fusion=None) -> Dict[Tuple[int, int], str]:
         from tqdm import tqdm
 
         from synthasr.decode.search import greedy_search, modified_beam_search
@@ -190,7 +206,8 @@ class ASRBundle:
                 hyps = greedy_search(self.model, enc, enc_lens, unk_id=self.tokenizer.unk_id)
             else:
                 hyps = modified_beam_search(self.model, enc, enc_lens, beam_size=beam_size,
-                                            context_graph=context_graph, unk_id=self.tokenizer.unk_id)
+                                            context_graph=context_graph, unk_id=self.tokenizer.unk_id,
+                                            fusion=fusion)
             for c, text in zip(batch, self.tokenizer.decode(hyps)):
                 texts[(c.item, c.position)] = text
         return texts
@@ -269,9 +286,11 @@ def load_model(path: Union[str, os.PathLike], device: Union[str, torch.device] =
 def decode(audio: Union[AudioInput, Sequence[AudioInput]], model: Union[str, os.PathLike, ASRBundle],
            method: str = "greedy_search", beam_size: int = 4, sample_rate: Optional[int] = None,
            hotwords: Optional[Sequence[str]] = None, hotword_score: float = 0.5, chunk_seconds: float = 30.0,
-           device: Union[str, torch.device] = "cpu", num_threads: Optional[int] = None
-           ) -> Union[str, List[Optional[str]]]:
-    """Transcribe ``audio`` with a checkpoint path (cached) or a loaded bundle."""
+           device: Union[str, torch.device] = "cpu", num_threads: Optional[int] = None,
+           lm=None, lm_scale: float = 0.3, lm_token_bonus: float = 0.0) -> Union[str, List[Optional[str]]]:
+    """Transcribe ``audio`` with a checkpoint path (cached) or a loaded bundle; ``lm``: an ARPA path
+    (or loaded n-gram) over the model's BPE units for shallow fusion (see :meth:`ASRBundle.transcribe`)."""
     bundle = model if isinstance(model, ASRBundle) else load_model(model, device=device, num_threads=num_threads)
     return bundle.transcribe(audio, sample_rate=sample_rate, method=method, beam_size=beam_size,
-                             hotwords=hotwords, hotword_score=hotword_score, chunk_seconds=chunk_seconds)
+                             hotwords=hotwords, hotword_score=hotword_score, chunk_seconds=chunk_seconds,
+                             lm=lm, lm_scale=lm_scale, lm_token_bonus=lm_token_bonus)

@@ -66,8 +66,9 @@ def _supervision_batch(batch: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tenso
 @torch.inference_mode()
 def decode_cuts(model, tokenizer, cuts, method: str = "greedy_search", beam_size: int = 4,
                 device: Union[str, torch.device] = "cpu", max_duration: float = 300.0, feature_config=None,
-                context_graph=None, progress: bool = True) -> List[Tuple[str, str, str]]:
-    """(utt_id, reference, hypothesis) for every supervision of ``cuts``, in sampler order."""
+                context_graph=None, progress: bool = True, fusion=None) -> List[Tuple[str, str, str]]:
+    """(utt_id, reference, hypothesis) for every supervision of ``cuts``, in sampler order; ``fusion``:
+    an external LM in modified beam search (:class:`synthasr.decode.search.ShallowFusion`)."""
     from lhotse.dataset import SimpleCutSampler
     from tqdm import tqdm
 
@@ -91,7 +92,7 @@ def decode_cuts(model, tokenizer, cuts, method: str = "greedy_search", beam_size
             hyps = greedy_search(model, enc, enc_lens, unk_id=tokenizer.unk_id)
         else:
             hyps = modified_beam_search(model, enc, enc_lens, beam_size=beam_size, context_graph=context_graph,
-                                        unk_id=tokenizer.unk_id)
+                                        unk_id=tokenizer.unk_id, fusion=fusion)
         results.extend(zip(ids, refs, tokenizer.decode(hyps)))
     return results
 
@@ -99,7 +100,7 @@ def decode_cuts(model, tokenizer, cuts, method: str = "greedy_search", beam_size
 def evaluate(model, tokenizer, cuts, out_dir: Union[str, Path], test_set_name: str, method: str = "greedy_search",
              beam_size: int = 4, device: Union[str, torch.device] = "cpu", max_duration: float = 300.0,
              feature_config=None, context_graph=None, suffix: Optional[str] = None, terms=None,
-             breakdown: Optional[str] = None):
+             breakdown: Optional[str] = None, fusion=None):
     """Decode ``cuts``, write ``recogs-*``, ``errs-*`` and ``wer-summary-*`` into ``out_dir`` and return
     the :class:`synthasr.score.WerResult`. ``suffix`` defaults to the method (+ beam size). With
     ``terms`` (a :class:`synthasr.score.TermList`) term recall/precision are scored too and written to
@@ -116,10 +117,15 @@ def evaluate(model, tokenizer, cuts, out_dir: Union[str, Path], test_set_name: s
         except TagError as e:
             raise EvaluateError(f"{test_set_name}: cannot break results down by {breakdown!r}: {e}") from None
 
+    if fusion is not None and method != "modified_beam_search":
+        raise EvaluateError(f"{test_set_name}: LM fusion needs modified_beam_search, not {method}")
     results = decode_cuts(model, tokenizer, cuts, method=method, beam_size=beam_size, device=device,
-                          max_duration=max_duration, feature_config=feature_config, context_graph=context_graph)
+                          max_duration=max_duration, feature_config=feature_config, context_graph=context_graph,
+                          fusion=fusion)
     if suffix is None:
         suffix = method if method == "greedy_search" else f"{method}_beam_size_{beam_size}"
+        if fusion is not None:
+            suffix += f"_lm_scale_{fusion.scale:g}" + (f"_bonus_{fusion.token_bonus:g}" if fusion.token_bonus else "")
         if context_graph is not None:
             suffix += "_hotwords"
     wer = compute_wer(results, terms=terms)

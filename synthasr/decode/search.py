@@ -9,7 +9,7 @@ network runs only on the rows/hypotheses that emitted a symbol. Joiner inputs ar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -78,19 +78,23 @@ def greedy_search(model, encoder_out: torch.Tensor, encoder_out_lens: torch.Tens
 @dataclass
 class _Hyp:
     ys: Tuple[int, ...]
-    log_prob: torch.Tensor  # scalar: acoustic + LM-free score, plus context boosts granted so far
+    log_prob: torch.Tensor  # scalar: transducer score, plus hotword boosts and LM fusion scores so far
     row: int  # row of this hypothesis in the frame's batched decoder state / projection
     context_state: Optional[ContextState] = None
+    lm_state: Tuple[int, ...] = ()  # the external LM's history (shallow fusion)
 
 
 @torch.inference_mode()
 def modified_beam_search(model, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, beam_size: int = 4,
                          context_graph: Optional[ContextGraph] = None,
-                         unk_id: Optional[int] = None) -> List[List[int]]:
+                         unk_id: Optional[int] = None, fusion: Optional["ShallowFusion"] = None
+                         ) -> List[List[int]]:
     """Batched modified beam search (one symbol per frame, hypotheses with equal token sequences merged
     by log-add). With ``context_graph`` each emitted token gets the graph's boost; partial phrase
     matches are cancelled when they fail and at the end (``ContextGraph.finalize``). ``unk_id`` is
-    treated like blank, as in :func:`greedy_search`."""
+    treated like blank, as in :func:`greedy_search`.
+
+    ``fusion`` (a :class:`ShallowFusion`) adds an external token LM's scores."""
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     batch = encoder_out.size(0)
@@ -105,8 +109,10 @@ def modified_beam_search(model, encoder_out: torch.Tensor, encoder_out_lens: tor
     dec_out, state = decoder.start(batch, device)
     dec_proj = joiner.decoder_proj(dec_out)
     start_ctx = context_graph.root if context_graph is not None else None
+    start_lm = fusion.lm.start() if fusion is not None else ()
     zero = torch.zeros((), device=device)
-    beams: List[List[_Hyp]] = [[_Hyp((), zero, row=b, context_state=start_ctx)] for b in range(batch)]
+    beams: List[List[_Hyp]] = [[_Hyp((), zero, row=b, context_state=start_ctx, lm_state=start_lm)]
+                               for b in range(batch)]
 
     for t in range(sorted_lens[0] if sorted_lens else 0):
         n_active = _active_count(sorted_lens, t)
@@ -117,6 +123,8 @@ def modified_beam_search(model, encoder_out: torch.Tensor, encoder_out_lens: tor
         enc_t = enc_proj[:n_active, t].repeat_interleave(counts, dim=0)
         log_probs = joiner(enc_t, dec_proj.index_select(0, rows), project_input=False).log_softmax(dim=-1)
         log_probs = log_probs + torch.stack([h.log_prob for h in flat]).unsqueeze(1)  # (H, V)
+        if fusion is not None:
+            log_probs = log_probs + fusion.token_scores(flat, silent, log_probs.size(1), device)
         vocab = log_probs.size(1)
 
         new_beams, parents, emit_tokens, emit_slots = [], [], [], []
@@ -128,7 +136,7 @@ def modified_beam_search(model, encoder_out: torch.Tensor, encoder_out_lens: tor
             for score, idx in zip(top_scores, top_idx.tolist()):
                 parent = beam[idx // vocab]
                 token = idx % vocab
-                new_hyp = _extend(parent, token, score, silent, context_graph)
+                new_hyp = _extend(parent, token, score, silent, context_graph, fusion)
                 existing = merged.get(new_hyp.ys)
                 if existing is not None:
                     existing.log_prob = torch.logaddexp(existing.log_prob, new_hyp.log_prob)
@@ -160,27 +168,65 @@ def modified_beam_search(model, encoder_out: torch.Tensor, encoder_out_lens: tor
             dec_proj = dec_proj.index_copy(0, slots, joiner.decoder_proj(out))
         beams = new_beams + beams[n_active:]
 
-    return _unsort([_best(beam, context_graph) for beam in beams], order)
+    return _unsort([_best(beam, context_graph, fusion) for beam in beams], order)
+
+
+@dataclass
+class ShallowFusion:
+    """An external token LM in the beam search: every emitted token scores
+    ``scale * log P_lm(token | history) + token_bonus`` on top of the transducer, every finished
+    hypothesis ``scale * log P_lm(</s> | history)``.
+
+    ``lm`` needs ``start()``, ``advance(state, token)`` and ``log_probs(state) -> (V,)`` over the
+    model's own units (e.g. :class:`synthasr.lm.ngram.NgramLM`). The bonus offsets the LM's cost per
+    token, which otherwise favours blank and deletes words; tune both on a dev set.
+    """
+
+    lm: Any
+    scale: float = 0.3
+    token_bonus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.scale >= 0:
+            raise ValueError(f"LM scale must be >= 0, got {self.scale}")
+
+    def token_scores(self, hyps: Sequence[_Hyp], silent: set, vocab: int, device) -> torch.Tensor:
+        if self.lm.vocab_size != vocab:
+            raise ValueError(f"the LM has {self.lm.vocab_size} tokens, the model {vocab}: built with another BPE model")
+        scores = torch.stack([self.lm.log_probs(h.lm_state)[:vocab] for h in hyps]).to(device) * self.scale
+        scores += self.token_bonus
+        scores[:, sorted(silent)] = 0.0
+        return scores
+
+    def final_score(self, h: _Hyp) -> float:
+        from synthasr.lm.ngram import SOS_EOS_ID
+
+        return self.scale * float(self.lm.log_probs(h.lm_state)[SOS_EOS_ID])
 
 
 def _extend(parent: _Hyp, token: int, score: torch.Tensor, silent: set,
-            context_graph: Optional[ContextGraph]) -> _Hyp:
+            context_graph: Optional[ContextGraph], fusion: Optional[ShallowFusion] = None) -> _Hyp:
     """Child of ``parent`` after emitting ``token`` (blank or unk: same sequence) with total ``score``."""
     if token in silent:
-        return _Hyp(parent.ys, score, row=-1, context_state=parent.context_state)
+        return _Hyp(parent.ys, score, row=-1, context_state=parent.context_state, lm_state=parent.lm_state)
     context_state = parent.context_state
     if context_graph is not None:
         boost, context_state = context_graph.forward_one_step(context_state, token)
         score = score + boost
-    return _Hyp(parent.ys + (token,), score, row=-1, context_state=context_state)
+    lm_state = fusion.lm.advance(parent.lm_state, token) if fusion is not None else parent.lm_state
+    return _Hyp(parent.ys + (token,), score, row=-1, context_state=context_state, lm_state=lm_state)
 
 
-def _best(beam: Sequence[_Hyp], context_graph: Optional[ContextGraph]) -> List[int]:
-    """Highest-scoring hypothesis, after cancelling unfinished hotword matches."""
+def _best(beam: Sequence[_Hyp], context_graph: Optional[ContextGraph], fusion: Optional[ShallowFusion] = None
+          ) -> List[int]:
+    """Highest-scoring hypothesis, after cancelling unfinished hotword matches and (with an LM) adding
+    the sentence-end probability."""
     def final_score(h: _Hyp) -> float:
         score = float(h.log_prob)
         if context_graph is not None:
             score += context_graph.finalize(h.context_state)
+        if fusion is not None:
+            score += fusion.final_score(h)
         return score
 
     return list(max(beam, key=final_score).ys)

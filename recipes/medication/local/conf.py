@@ -100,15 +100,26 @@ class StagesConfig:
 
 
 @dataclass
+class LmConfig:
+    """Stage 9's shallow-fusion LM (a token n-gram, ``synthasr train-lm``); order 0: none."""
+
+    order: int = 0
+    scale: float = 0.5
+    token_bonus: float = 0.0
+
+
+@dataclass
 class DecodeConfig:
     beam_size: int = 4
     hotword_score: float = 0.5
+    lm: LmConfig = field(default_factory=LmConfig)
 
 
 @dataclass
 class TargetsConfig:
     new_domain_relative_reduction: float = 65.0
     general_relative_change_max: float = 2.0
+    name_recall_min: float = 80.0
 
 
 @dataclass
@@ -117,6 +128,10 @@ class ResultsConfig:
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     rows: Dict[str, str] = field(default_factory=dict)
     leave_one_engine_out: List[str] = field(default_factory=list)  # ablation stages adapted on one engine only
+    # Stage 9 decodings (evaluate --suffix) for the second targets table: the system the recipe ships
+    # against the baseline as it was before the new domain (plain beam search).
+    shipped_decoding: str = ""
+    before_decoding: str = "modified_beam_search"
     out: Optional[str] = None
 
 
@@ -163,6 +178,9 @@ def load(path: str) -> RecipeConfig:
         raise ValueError(f"{path}: features.type must be fbank or whisper_fbank, got {cfg.features.type!r}")
     if cfg.peer.bias not in ("hotwords", "initial_prompt"):
         raise ValueError(f"{path}: peer.bias must be hotwords or initial_prompt, got {cfg.peer.bias!r}")
+    lm = cfg.decode.lm
+    if not 0 <= lm.order <= 10 or lm.scale < 0:
+        raise ValueError(f"{path}: decode.lm: order must be 0..10 and scale >= 0, got order {lm.order}, scale {lm.scale}")
     return cfg
 
 

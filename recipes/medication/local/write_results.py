@@ -181,6 +181,54 @@ def biasing_terms_table(exp: Path, stages: List[str], sets: List[str]) -> List[s
     return L
 
 
+def _decoding(exp: Path, stage: str, test_set: str, settings: str) -> Optional[Dict[str, Any]]:
+    path = exp / stage / "decode_biasing" / f"wer-{test_set}-{settings}.json"
+    return _read_json(path) if path.is_file() else None
+
+
+def shipped_targets_section(exp: Path, res: Dict[str, Any], baseline: str, final: str, new_sets: List[str],
+                            general_sets: List[str], new_goal: float, gen_goal: float) -> List[str]:
+    """The targets again for the system the recipe ships (``results.shipped_decoding``, a stage 9
+    decoding): against the baseline decoded the same way (what the adaptation did) and against the
+    baseline as it was before the new domain (``results.before_decoding``: plain beam search, no
+    domain text)."""
+    shipped, before = res.get("shipped_decoding"), res.get("before_decoding") or "modified_beam_search"
+    if not shipped:
+        return []
+    rows = {(st, s, d): _decoding(exp, st, s, d) for st in (baseline, final) for s in new_sets + general_sets
+            for d in (shipped, before)}
+    if all(rows[k] is None for k in rows if k[2] == shipped):
+        return []
+    recall_goal = float((res.get("targets") or {}).get("name_recall_min", 80.0))
+    wer = lambda st, s, d: None if rows[(st, s, d)] is None else rows[(st, s, d)]["word"]["wer"]  # noqa: E731
+    L = ["", f"## Targets with the shipped decoding (`{shipped}`)", "",
+         f"WER % of `{final}` decoded as the recipe ships it, against `{baseline}` decoded the same way (what the "
+         f"adaptation did) and against `{baseline}` before the new domain (`{before}`: no domain text, no names). "
+         "Name recall % of the shipped decoding.", "",
+         f"| eval set | `{baseline}` {before} | `{baseline}` shipped | `{final}` shipped | change vs before | "
+         "change vs same decoding | name recall |", "|---|---|---|---|---|---|---|"]
+    verdicts = []
+    for s in new_sets + general_sets:
+        f, b_same, b_before = wer(final, s, shipped), wer(baseline, s, shipped), wer(baseline, s, before)
+        terms = (rows[(final, s, shipped)] or {}).get("terms") or {}
+        recall = terms.get("recall") if terms.get("ref") else None
+        vs_before, vs_same = _relative(f, b_before), _relative(f, b_same)
+        L.append(f"| {s} | {_fmt(b_before)} | {_fmt(b_same)} | {_fmt(f)} | {_fmt(vs_before, signed=True, digits=1)} % | "
+                 f"{_fmt(vs_same, signed=True, digits=1)} % | {_fmt(recall, digits=1)} |")
+        if s in new_sets:
+            verdicts.append(f"* {s}: relative WER reduction {_fmt(None if vs_before is None else -vs_before, digits=1)} % "
+                            f"vs before, {_fmt(None if vs_same is None else -vs_same, digits=1)} % vs the same decoding "
+                            f"(target ≥ {new_goal:g} %): **{'met' if vs_before is not None and -vs_before >= new_goal else 'not met'}**"
+                            f" / **{'met' if vs_same is not None and -vs_same >= new_goal else 'not met'}**; name recall "
+                            f"{_fmt(recall, digits=1)} % (target ≥ {recall_goal:g} %): "
+                            f"**{'met' if recall is not None and recall >= recall_goal else 'not met'}**")
+        else:
+            verdicts.append(f"* {s}: relative WER change {_fmt(vs_same, signed=True, digits=1)} % vs the same decoding "
+                            f"(target ≤ +{gen_goal:g} %): **{'met' if vs_same is not None and vs_same <= gen_goal else 'not met'}**"
+                            f"; {_fmt(vs_before, signed=True, digits=1)} % vs before")
+    return L + [""] + verdicts
+
+
 def _breakdowns(exp: Path, stage: str) -> Dict[str, Dict[str, Any]]:
     """``{eval set: breakdown}`` from the stage's eval.json (sets whose config asked for ``breakdown``)."""
     path = exp / stage / "eval.json"
@@ -344,6 +392,7 @@ def render(cfg: Dict[str, Any], config_path: str, exp: Path, data: Path, out: Op
         L.append(f"* {s}: relative WER change {_fmt(r, signed=True, digits=1)} % "
                  f"(target ≤ +{gen_goal:g} %): **{'met' if ok else 'not met'}**")
 
+    L += shipped_targets_section(exp, res, baseline, final, new_sets, general_sets, new_goal, gen_goal)
     L += names_section(report, baseline, final)
     L += ["", "## Ablation (each row starts from the baseline unless it says otherwise), WER %", "",
           "| system | stage | " + " | ".join(sets) + " | backward transfer (abs.) |",
@@ -365,7 +414,7 @@ def render(cfg: Dict[str, Any], config_path: str, exp: Path, data: Path, out: Op
     if bias:
         wer_of = {(stage, settings, test_set): wer for stage, test_set, settings, wer in bias}
         decodings = sorted({settings for _, _, settings, _ in bias}, key=lambda d: (d.endswith("hotwords"), d))
-        L += ["", "## Beam search and hotword biasing (hotwords = the recipe's medication names), WER %", "",
+        L += ["", "## Beam search, LM shallow fusion (`-lm`) and hotword biasing (hotwords = the recipe's names), WER %", "",
               f"Relative changes compare `{final}` with `{baseline}` decoded the same way.", "",
               "| decoding | model | " + " | ".join(sets) + " |", "|---|---|" + "---|" * len(sets)]
         for settings in decodings:
