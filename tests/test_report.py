@@ -237,7 +237,7 @@ def test_results_page_shows_names_next_to_wer(tmp_path):
 def test_results_page_splits_held_out_voices_by_engine(tmp_path):
     """The cross-engine table reads the eval sets' ``breakdown`` from each stage's eval.json."""
     from synthasr.decode.evaluation import eval_summary
-    from synthasr.score import TermList, add_breakdown, compute_wer
+    from synthasr.score import TermList, add_breakdown, compute_wer, write_results
 
     terms = TermList.from_terms([("metformin", "seen"), ("zoloft", "unseen")])
     group_of = {"e1": "espeak", "e2": "espeak", "p1": "piper"}
@@ -251,13 +251,19 @@ def test_results_page_splits_held_out_voices_by_engine(tmp_path):
         (exp / stage).mkdir(parents=True)
         (exp / stage / "eval.json").write_text(json.dumps(
             {"stage": stage, "index": index, "results": {"med_test": {"domain": "medication", **eval_summary(wer)}}}))
+    # stage 9's shipped decoding of the LOEO stage (evaluate --breakdown engine): its own rows
+    shipped = [("e1", refs[0], "take metformin"), ("e2", refs[1], "zoloft now"), ("p1", refs[2], "take metformin")]
+    wer = add_breakdown(compute_wer(shipped, terms=terms), shipped, group_of, "engine", terms=terms)
+    write_results(exp / "loeo" / "decode_biasing", "med_test", "beam-lm-hotwords", wer)
     lines = _write_results_module().cross_engine_section(exp, ["baseline", "loeo", "missing"], {"loeo": "(g) LOEO"},
-                                                         ["loeo"])
+                                                         ["loeo"], "beam-lm-hotwords")
     text = "\n".join(lines)
     assert "## Cross-engine: held-out voices split by engine" in text
     assert "`loeo` ((g) LOEO) adapts on medication speech of the other engine only" in text
-    assert "| `baseline` | med_test | 75.00 (2) | 0.00 (1) | 50.0 (seen 0.0, unseen 100.0) | 100.0 |" in text
-    assert "| `loeo` | med_test | 0.00 (2) | 100.00 (1) | 100.0 (seen 100.0, unseen 100.0) | 0.0 |" in text
+    assert "| `baseline` | greedy_search | med_test | 75.00 (2) | 0.00 (1) | 50.0 (seen 0.0, unseen 100.0) | 100.0 |" in text
+    assert "| `loeo` | greedy_search | med_test | 0.00 (2) | 100.00 (1) | 100.0 (seen 100.0, unseen 100.0) | 0.0 |" in text
+    assert "| `loeo` | beam-lm-hotwords | med_test | 0.00 (2) | 0.00 (1) | 100.0 (seen 100.0, unseen 100.0) | 100.0 |" in text
+    assert "`baseline` | beam-lm-hotwords" not in text  # not decoded that way: no row
     assert "missing" not in text  # a stage without eval.json has no row
     assert _write_results_module().cross_engine_section(tmp_path / "none", ["baseline"], {}, []) == []
 

@@ -332,19 +332,27 @@ if should_run 9 decode; then
     lm_args=(--lm "$lm" --lm-scale "$(conf decode.lm.scale 0.5)" --lm-token-bonus "$(conf decode.lm.token_bonus 0)")
     settings+=("${method}-lm" "${method}-lm-hotwords")
   fi
+  # decode_setting STAGE PART SETTING: one stage 9 evaluation; SETTING names its options (-lm, -hotwords).
+  decode_setting() {
+    local by_engine=(--breakdown engine) extra=()  # synthetic sets: WER and name recall per TTS engine too
+    [ "$2" != general_real ] || by_engine=()
+    case "$3" in *-lm*) extra+=("${lm_args[@]}") ;; esac
+    case "$3" in *hotwords) extra+=("${hotword_args[@]}") ;; esac
+    synthasr evaluate --model "$exp/$1/final.pt" --cuts "$data/fbank/${2}_cuts_fbank.jsonl.gz" \
+      --out-dir "$exp/$1/decode_biasing" --name "$2" --method "$method" \
+      --beam-size "$(conf decode.beam_size 4)" --suffix "$3" "${extra[@]}" "${terms[@]}" "${by_engine[@]}"
+  }
   for model_stage in "$baseline_stage" "$final_stage"; do
     for part in "${parts[@]}"; do
-      by_engine=(--breakdown engine)  # synthetic sets: WER and name recall per TTS engine too
-      [ "$part" != general_real ] || by_engine=()
-      for setting in "${settings[@]}"; do
-        extra=()
-        case "$setting" in *-lm*) extra+=("${lm_args[@]}") ;; esac
-        case "$setting" in *hotwords) extra+=("${hotword_args[@]}") ;; esac
-        synthasr evaluate --model "$exp/$model_stage/final.pt" --cuts "$data/fbank/${part}_cuts_fbank.jsonl.gz" \
-          --out-dir "$exp/$model_stage/decode_biasing" --name "$part" --method "$method" \
-          --beam-size "$(conf decode.beam_size 4)" --suffix "$setting" "${extra[@]}" "${terms[@]}" "${by_engine[@]}"
-      done
+      for setting in "${settings[@]}"; do decode_setting "$model_stage" "$part" "$setting"; done
     done
+  done
+  # Leave-one-engine-out ablations, decoded as the recipe ships: their per-engine name recall on the
+  # medication sets is the transfer measure (RESULTS.md's cross-engine table).
+  shipped=$(conf results.shipped_decoding "")
+  for model_stage in $(conf results.leave_one_engine_out ""); do
+    if [ -z "$shipped" ] || [ ! -f "$exp/$model_stage/final.pt" ]; then continue; fi
+    for part in med_test med_test_unseen; do decode_setting "$model_stage" "$part" "$shipped"; done
   done
   if [ "$(conf peer.enabled false)" = true ]; then
     # The peer row: Whisper tiny.en (faster-whisper) on the same audio, plain and biased with the names.

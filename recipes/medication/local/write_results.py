@@ -249,31 +249,45 @@ def _recall_cell(row: Dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def cross_engine_section(exp: Path, stages: List[str], labels: Dict[str, str], loeo: List[str]) -> List[str]:
+def _decoding_breakdowns(exp: Path, stage: str, settings: str) -> Dict[str, Dict[str, Any]]:
+    """``{eval set: breakdown}`` of a stage 9 decoding (``decode_biasing/wer-<set>-<settings>.json``)."""
+    out = {}
+    for path in sorted((exp / stage / "decode_biasing").glob(f"wer-*-{settings}.json")):
+        data = _read_json(path)
+        if data.get("settings") == settings and data.get("breakdown"):
+            out[data["test_set"]] = data["breakdown"]
+    return out
+
+
+def cross_engine_section(exp: Path, stages: List[str], labels: Dict[str, str], loeo: List[str],
+                         shipped: Optional[str] = None) -> List[str]:
     """WER and name recall on held-out voices split by TTS engine, for every stage that scored it
-    (schedule eval sets with ``breakdown: engine``), and what the leave-one-engine-out rows mean."""
-    per_stage = {st: _breakdowns(exp, st) for st in stages}
-    per_stage = {st: b for st, b in per_stage.items() if b}
-    if not per_stage:
+    (schedule eval sets with ``breakdown: engine``: greedy search; stage 9's ``shipped`` decoding when
+    it broke results down too), and what the leave-one-engine-out rows mean."""
+    rows = [(st, "greedy_search", _breakdowns(exp, st)) for st in stages]
+    if shipped:
+        rows += [(st, shipped, _decoding_breakdowns(exp, st, shipped)) for st in stages]
+    rows = [(st, d, b) for st, d, b in rows if b]
+    if not rows:
         return []
-    values = sorted({v for b in per_stage.values() for r in b.values() for v in r["groups"]})
-    field = next(r["field"] for b in per_stage.values() for r in b.values())
-    head = ("| model | eval set | " + " | ".join(f"{v} WER (utts)" for v in values) + " | " +
+    values = sorted({v for _, _, b in rows for r in b.values() for v in r["groups"]})
+    field = next(r["field"] for _, _, b in rows for r in b.values())
+    head = ("| model | decoding | eval set | " + " | ".join(f"{v} WER (utts)" for v in values) + " | " +
             " | ".join(f"{v} name recall" for v in values) + " |")
-    L = ["", f"## Cross-engine: held-out voices split by {field}, greedy search", "",
+    L = ["", f"## Cross-engine: held-out voices split by {field}", "",
          "WER % (utterances) and name recall % (seen / unseen names in brackets) per TTS engine of the held-out "
          "test voices, from the same decodes as the tables above."]
     if loeo:
         L += ["Leave one engine out: " + ", ".join(f"`{st}` ({labels.get(st, st)})" for st in loeo) +
               " adapts on medication speech of the other engine only, so its columns for the left-out engine "
               "measure transfer to an engine the new-domain training never heard."]
-    L += ["", head, "|---|---|" + "---|" * (2 * len(values))]
-    for st, sets in per_stage.items():
+    L += ["", head, "|---|---|---|" + "---|" * (2 * len(values))]
+    for st, decoding, sets in rows:
         for s, b in sets.items():
             groups = b["groups"]
             wers = [f"{_fmt(groups[v]['wer'])} ({groups[v]['num_utts']})" if v in groups else "–" for v in values]
             recalls = [_recall_cell(groups[v]) if v in groups else "–" for v in values]
-            L.append(f"| `{st}` | {s} | " + " | ".join(wers) + " | " + " | ".join(recalls) + " |")
+            L.append(f"| `{st}` | {decoding} | {s} | " + " | ".join(wers) + " | " + " | ".join(recalls) + " |")
     return L
 
 
@@ -408,7 +422,7 @@ def render(cfg: Dict[str, Any], config_path: str, exp: Path, data: Path, out: Op
                  f" | {_fmt(report['backward_transfer'][stage], signed=True)} |")
 
     loeo = [st for st in row_order if st in (res.get("leave_one_engine_out") or [])]
-    L += cross_engine_section(exp, row_order, labels, loeo)
+    L += cross_engine_section(exp, row_order, labels, loeo, res.get("shipped_decoding"))
     L += peer_section(exp, report, baseline, final, sets)
     bias = biasing_rows(exp, [baseline, final])
     if bias:
