@@ -275,3 +275,30 @@ def test_results_page_names_the_users_domain_inputs(tmp_path):
     (tmp_path / "text" / "domain_inputs.txt").write_text("my_terms.tsv@7ea3 notes.txt@5134 medication.txt@f384\n")
     line = module.new_domain_line({}, tmp_path)
     assert "`my_terms.tsv`, `notes.txt`, `medication.txt`" in line and "real drug names" not in line
+
+
+def test_shipped_decoding_targets_compare_with_the_same_decoding_and_with_before(tmp_path):
+    """RESULTS.md's second targets table: the final model's shipped decoding (stage 9) against the
+    baseline decoded the same way and against the baseline's plain beam search, with name recall."""
+    from synthasr.score import TermList, compute_wer, write_results
+
+    terms = TermList.from_terms([("metformin", "seen")])
+    ref = "take metformin with food"
+    hyps = {("base", "beam"): "take met for men with food",           # 3 errors of 4 words: 75 %
+            ("base", "beam-lm"): "take metformin with foot",           # 25 %
+            ("final", "beam-lm"): "take metformin with food"}          # 0 %
+    exp = tmp_path / "exp"
+    for (stage, setting), hyp in hyps.items():
+        for test_set in ("med_test", "general_test"):
+            wer = compute_wer([("u1", ref, hyp)], terms=terms)
+            write_results(exp / stage / "decode_biasing", test_set, setting, wer)
+    res = {"shipped_decoding": "beam-lm", "before_decoding": "beam", "targets": {"name_recall_min": 80.0}}
+    text = "\n".join(_write_results_module().shipped_targets_section(
+        exp, res, "base", "final", ["med_test"], ["general_test"], 65.0, 2.0))
+    assert "## Targets with the shipped decoding (`beam-lm`)" in text
+    assert "| med_test | 75.00 | 25.00 | 0.00 | -100.0 % | -100.0 % | 100.0 |" in text
+    assert "* med_test: relative WER reduction 100.0 % vs before, 100.0 % vs the same decoding" in text
+    assert "name recall 100.0 % (target ≥ 80 %): **met**" in text
+    assert "* general_test: relative WER change -100.0 % vs the same decoding (target ≤ +2 %): **met**" in text
+    assert _write_results_module().shipped_targets_section(exp, {"shipped_decoding": "beam-xyz"}, "base", "final",
+                                                           ["med_test"], [], 65.0, 2.0) == []  # not decoded
