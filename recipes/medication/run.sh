@@ -205,13 +205,15 @@ if should_run 1 voices; then
   mark_done 1 voices
 fi
 
-# tts PREFIX DOMAIN VOICES_FILE NUM_VOICES: synthesize data/text/PREFIX.jsonl (resumable by itself).
+# tts PREFIX DOMAIN VOICES_FILE NUM_VOICES [TTS-GEN OPTIONS...]: synthesize data/text/PREFIX.jsonl
+# (resumable by itself).
 tts() {
   local prefix=$1 domain=$2 voices=$3 nvoices=$4
+  shift 4
   synthasr tts-gen "$data/text/$prefix.jsonl" "$data/tts" --domain "$domain" --prefix "$prefix" \
     --engines "$engines" --engine-weights "$(conf tts.engine_weights | tr ' ' ',')" \
     --voices-file "$voices" --num-voices "$nvoices" --num-jobs "$num_jobs" --seed "$seed" \
-    --failure-threshold "$(conf tts.failure_threshold 0.05)" 2>&1 | tee "$exp/log/tts_$prefix.log"
+    --failure-threshold "$(conf tts.failure_threshold 0.05)" "$@" 2>&1 | tee "$exp/log/tts_$prefix.log"
 }
 
 # prepare_general: general_{train,dev,test} manifests + text from a local real corpus (resumable: a
@@ -251,7 +253,8 @@ if should_run 2 "$general_stage"; then
 fi
 
 if should_run 3 tts_medication; then
-  tts med_train medication "$data/voices/train_voices.txt" "$(conf tts.num_train_voices)"
+  tts med_train medication "$data/voices/train_voices.txt" "$(conf tts.num_train_voices)" \
+    --pron-variants "$(conf tts.pron_variants 0)"  # generated pronunciations: training speech only
   for part in med_dev med_test med_test_unseen; do
     tts "$part" medication "$data/voices/test_voices.txt" "$(conf tts.num_test_voices)"
   done

@@ -56,6 +56,9 @@ class TtsConfig:
     num_test_voices: int = 20
     num_jobs: int = 2
     failure_threshold: float = 0.05
+    # Generated pronunciations per name in med_train (tts-gen --pron-variants: espeak-ng varieties and
+    # stress shifts, recorded per utterance); 0: the engines' own. Held-out sets always use the engines' own.
+    pron_variants: int = 0
 
 
 @dataclass
