@@ -286,3 +286,40 @@ def test_cli_evaluate(assets, tmp_path):
     assert (tmp_path / "res" / "recogs-smoke-greedy_search.txt").is_file()
     result = CliRunner().invoke(cli, args + ["--hotword", "zzz"])
     assert result.exit_code != 0 and "zzz" in result.output
+
+
+def test_lm_fusion_through_bundle_and_cli(assets, bundle, tmp_path):
+    """transcribe(lm=ARPA path or loaded LM) is modified beam search with ShallowFusion; an ARPA over
+    other pieces is one error naming the file (library and CLI)."""
+    from click.testing import CliRunner
+
+    from synthasr.cli import cli
+    from synthasr.decode.search import ShallowFusion, modified_beam_search
+    from synthasr.lm.ngram import NgramError, estimate_from_text
+    from synthasr.tokenizer import Tokenizer, train_bpe
+
+    tok = assets["tok"]
+    lm = estimate_from_text(TEXTS * 5, tok, order=3)
+    arpa = lm.write_arpa(tmp_path / "lm.arpa.gz", [tok.id_to_piece(i) for i in range(tok.vocab_size)])
+    feats = torch.from_numpy(bundle.feature_extractor.extract(assets["speech"], 16000)).unsqueeze(0)
+    enc, lens = bundle.model.encode(feats, torch.tensor([feats.size(1)]))
+    for scale, bonus in [(0.0, 0.0), (0.5, 2.0), (5.0, 8.0)]:
+        loaded = bundle.language_model(arpa)
+        want = tok.decode(modified_beam_search(bundle.model, enc, lens, beam_size=4, unk_id=tok.unk_id,
+                                               fusion=ShallowFusion(loaded, scale, bonus)))[0]
+        assert bundle.transcribe(assets["wav"], lm=str(arpa), lm_scale=scale, lm_token_bonus=bonus) == want
+    plain = bundle.transcribe(assets["wav"], method="modified_beam_search")
+    assert bundle.transcribe(assets["wav"], lm=lm, lm_scale=0.0, lm_token_bonus=0.0) == plain
+
+    other_tok = Tokenizer.load(train_bpe(["zebra quagga okapi"] * 5, tmp_path / "o", vocab_size=30,
+                                         hard_vocab_limit=False))
+    other = estimate_from_text(["zebra quagga okapi"] * 3, other_tok, order=2)
+    other_arpa = other.write_arpa(tmp_path / "other.arpa",
+                                  [other_tok.id_to_piece(i) for i in range(other_tok.vocab_size)])
+    with pytest.raises(NgramError, match="not in the BPE model"):
+        bundle.language_model(other_arpa)
+    cmd = ["decode", "--model", str(assets["ckpt"]), "--lm"]
+    result = CliRunner().invoke(cli, cmd + [str(other_arpa), str(assets["wav"])])
+    assert result.exit_code != 0 and "other.arpa:" in result.output and "not in the BPE model" in result.output
+    result = CliRunner().invoke(cli, cmd + [str(arpa), str(assets["wav"])])
+    assert result.exit_code == 0 and result.output.startswith(f"{assets['wav']}\t")

@@ -98,8 +98,8 @@ class ASRBundle:
                    method: str = "greedy_search", beam_size: int = 4,
                    hotwords: Optional[Sequence[Union[str, Tuple[str, float]]]] = None,
                    hotword_score: float = 0.5, chunk_seconds: float = 30.0, batch_size: int = 8,
-                   progress: bool = False, context_graph=None, lm=None, lm_scale: float = 0.3,
-                   lm_token_bonus: float = 0.0) -> Union[str, List[Optional[str]]]:
+                   progress: bool = False, context_graph=None, lm=None, lm_scale: float = 0.5,
+                   lm_token_bonus: float = 2.0) -> Union[str, List[Optional[str]]]:
         """Text for one input (str) or for a list of inputs (list; ``None`` for unreadable items).
 
         ``sample_rate`` is required for arrays/tensors and ignored for files. ``hotwords`` (phrases,
@@ -287,7 +287,7 @@ def decode(audio: Union[AudioInput, Sequence[AudioInput]], model: Union[str, os.
            method: str = "greedy_search", beam_size: int = 4, sample_rate: Optional[int] = None,
            hotwords: Optional[Sequence[str]] = None, hotword_score: float = 0.5, chunk_seconds: float = 30.0,
            device: Union[str, torch.device] = "cpu", num_threads: Optional[int] = None,
-           lm=None, lm_scale: float = 0.3, lm_token_bonus: float = 0.0) -> Union[str, List[Optional[str]]]:
+           lm=None, lm_scale: float = 0.5, lm_token_bonus: float = 2.0) -> Union[str, List[Optional[str]]]:
     """Transcribe ``audio`` with a checkpoint path (cached) or a loaded bundle; ``lm``: an ARPA path
     (or loaded n-gram) over the model's BPE units for shallow fusion (see :meth:`ASRBundle.transcribe`)."""
     bundle = model if isinstance(model, ASRBundle) else load_model(model, device=device, num_threads=num_threads)

@@ -179,12 +179,13 @@ class ShallowFusion:
 
     ``lm`` needs ``start()``, ``advance(state, token)`` and ``log_probs(state) -> (V,)`` over the
     model's own units (e.g. :class:`synthasr.lm.ngram.NgramLM`). The bonus offsets the LM's cost per
-    token, which otherwise favours blank and deletes words; tune both on a dev set.
+    token, which otherwise favours blank and deletes words; tune both on a dev set. The defaults are
+    the medication recipe's choice on its dev sets (docs/configuration.md, ``decode.lm``).
     """
 
     lm: Any
-    scale: float = 0.3
-    token_bonus: float = 0.0
+    scale: float = 0.5
+    token_bonus: float = 2.0
 
     def __post_init__(self) -> None:
         if not self.scale >= 0:
