@@ -106,3 +106,36 @@ def test_average_cli_iter_averages_step_checkpoints(tmp_path):
     assert both.exit_code == 2 and "exactly one of --epoch or --iter" in both.output
     short = CliRunner().invoke(average, ["--exp-dir", str(tmp_path), "--iter", "300", "--avg", "5"])
     assert short.exit_code == 1 and "found 3" in short.output and short.output.strip().count("\n") == 0
+
+
+def test_weighted_average_of_two_models_interpolates(tmp_path):
+    """--model A --model B --weight wa --weight wb: every float weight is (wa*A + wb*B)/(wa+wb);
+    bad weights are one clear error."""
+    from click.testing import CliRunner
+
+    from synthasr.checkpoint import load_checkpoint, save_checkpoint
+    from synthasr.cli import cli
+    from synthasr.config import to_dict
+    from synthasr.model import build_model
+
+    paths = []
+    for seed, name in ((0, "base"), (1, "adapted")):
+        torch.manual_seed(seed)
+        model = build_model({"preset": "tiny", "vocab_size": 20})
+        (tmp_path / name).mkdir()
+        paths.append(save_checkpoint(tmp_path / name / "final.pt", model.state_dict(), to_dict(model.config),
+                                     {"num_mel_bins": 80}, b"tok"))
+    result = CliRunner().invoke(cli, ["average", "--model", str(paths[0]), "--model", str(paths[1]),
+                                      "--weight", "1", "--weight", "3", "--out", str(tmp_path / "mix.pt")])
+    assert result.exit_code == 0, result.output
+    a, b, mix = (load_checkpoint(p)["model"] for p in (*paths, tmp_path / "mix.pt"))
+    for key, value in mix.items():
+        if torch.is_floating_point(value):
+            assert torch.allclose(value, 0.25 * a[key] + 0.75 * b[key], atol=1e-6), key
+    assert load_checkpoint(tmp_path / "mix.pt")["meta"]["average_weights"] == [0.25, 0.75]
+    for bad, message in ((["--weight", "1"], "1 weights for 2 checkpoints"),
+                         (["--weight", "-1", "--weight", "2"], "weights must be >= 0")):
+        result = CliRunner().invoke(cli, ["average", "--model", str(paths[0]), "--model", str(paths[1]), *bad,
+                                          "--out", str(tmp_path / "bad.pt")])
+        assert result.exit_code != 0 and message in result.output
+    assert not (tmp_path / "bad.pt").exists()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import click
 
@@ -131,22 +131,42 @@ def train(config: Optional[str], schedule: Optional[str], exp_dir: Optional[str]
 
 
 @click.command("average")
-@click.option("--exp-dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--exp-dir", type=click.Path(exists=True, file_okay=False), default=None)
 @click.option("--epoch", type=int, default=None, help="Last epoch to include (epoch-E.pt).")
 @click.option("--iter", "iteration", type=int, default=None,
               help="Last training step to include (checkpoint-N.pt); instead of --epoch.")
 @click.option("--avg", default=1, show_default=True, type=int, help="Number of checkpoints to average.")
+@click.option("--model", "models", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Average these model files instead (repeatable), e.g. a base model and its adapted version.")
+@click.option("--weight", "weights", multiple=True, type=float,
+              help="With --model: one weight per model (normalised to sum 1) [default: equal].")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Output file [default: <exp-dir>/pretrained-epoch-E-avg-K.pt or pretrained-iter-N-avg-K.pt].")
-def average(exp_dir: str, epoch: Optional[int], iteration: Optional[int], avg: int, out: Optional[str]) -> None:
+def average(exp_dir: Optional[str], epoch: Optional[int], iteration: Optional[int], avg: int,
+            models: Tuple[str, ...], weights: Tuple[float, ...], out: Optional[str]) -> None:
     """Average checkpoints into a pretrained-style model file (no optimizer state).
 
     ``--epoch E --avg K``: epoch-(E-K+1).pt .. epoch-E.pt. ``--iter N --avg K``: the K newest
     checkpoint-STEP.pt with STEP <= N (icefall's convention; what recipe stages bounded by max_steps write).
+    ``--model A --model B [--weight 0.3 --weight 0.7] --out C``: a weighted average of whole models of one
+    architecture, e.g. the general-domain model and its adaptation (weight averaging against forgetting).
     """
     from synthasr.checkpoint import CheckpointError
     from synthasr.train.average import AverageError, find_checkpoints, find_step_checkpoints, write_averaged
 
+    if models:
+        if exp_dir or epoch is not None or iteration is not None or not out:
+            raise click.UsageError("--model needs --out and excludes --exp-dir/--epoch/--iter")
+        try:
+            write_averaged(models, out, list(weights) if weights else None)
+        except (AverageError, CheckpointError) as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(f"{out}: average of {', '.join(models)}" + (f" with weights {list(weights)}" if weights else ""))
+        return
+    if weights:
+        raise click.UsageError("--weight needs --model")
+    if exp_dir is None:
+        raise click.UsageError("give --exp-dir with --epoch or --iter, or --model files")
     if (epoch is None) == (iteration is None):
         raise click.UsageError("give exactly one of --epoch or --iter")
     name = f"epoch-{epoch}" if epoch is not None else f"iter-{iteration}"

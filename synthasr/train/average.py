@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -61,12 +61,16 @@ def find_step_checkpoints(exp_dir: PathLike, iteration: int, avg: int) -> List[P
 
 
 def average_state_dicts(
-    states: Sequence[Dict[str, torch.Tensor]], names: Sequence[str] = ()
+    states: Sequence[Dict[str, torch.Tensor]], names: Sequence[str] = (), weights: Optional[Sequence[float]] = None
 ) -> Dict[str, torch.Tensor]:
-    """Elementwise mean of floating tensors (accumulated in float64); other tensors from the last."""
+    """Elementwise (weighted) mean of floating tensors (accumulated in float64); other tensors from the last.
+
+    ``weights`` (normalised to sum 1) interpolate between models, e.g. a base model and its adapted
+    version (weight averaging against forgetting: Wortsman et al. 2022, Vander Eeckt & Van hamme 2023)."""
     if not states:
         raise AverageError("nothing to average: no checkpoints given")
     names = list(names) or [f"#{i}" for i in range(len(states))]
+    coefficients = _coefficients(weights, len(states))
     ref_keys = list(states[-1].keys())
     for state, name in zip(states, names):
         if set(state) != set(ref_keys):
@@ -79,29 +83,45 @@ def average_state_dicts(
             out[key] = last.clone()  # step counters, num_batches_tracked, ...
             continue
         total = torch.zeros(last.shape, dtype=torch.float64)
-        for state, name in zip(states, names):
+        for state, name, c in zip(states, names, coefficients):
             t = state[key]
             if t.shape != last.shape:
                 raise AverageError(f"{name}: {key} has shape {tuple(t.shape)}, expected {tuple(last.shape)}")
-            total += t.to(torch.float64)
-        out[key] = (total / len(states)).to(last.dtype)
+            total += c * t.to(torch.float64)
+        out[key] = total.to(last.dtype)
     return out
 
 
-def average_checkpoints(paths: Sequence[PathLike]) -> Dict[str, torch.Tensor]:
-    """Average the ``model`` weights of the given checkpoint files."""
+def _coefficients(weights: Optional[Sequence[float]], n: int) -> List[float]:
+    if weights is None:
+        return [1.0 / n] * n
+    weights = [float(w) for w in weights]
+    if len(weights) != n:
+        raise AverageError(f"{len(weights)} weights for {n} checkpoints")
+    if any(not w >= 0 for w in weights) or sum(weights) <= 0:
+        raise AverageError(f"weights must be >= 0 with a positive sum, got {weights}")
+    return [w / sum(weights) for w in weights]
+
+
+def average_checkpoints(paths: Sequence[PathLike], weights: Optional[Sequence[float]] = None
+                        ) -> Dict[str, torch.Tensor]:
+    """(Weighted) average of the ``model`` weights of the given checkpoint files."""
     paths = [Path(p) for p in paths]
     states = [load_checkpoint(p)["model"] for p in paths]
-    return average_state_dicts(states, [str(p) for p in paths])
+    return average_state_dicts(states, [str(p) for p in paths], weights)
 
 
-def write_averaged(paths: Sequence[PathLike], out: PathLike) -> Path:
-    """Average ``paths`` and write a pretrained-style checkpoint (configs/tokenizer from the last)."""
+def write_averaged(paths: Sequence[PathLike], out: PathLike, weights: Optional[Sequence[float]] = None) -> Path:
+    """Average ``paths`` (weighted: ``weights``) and write a pretrained-style checkpoint (configs and
+    tokenizer from the last)."""
     paths = [Path(p) for p in paths]
-    averaged = average_checkpoints(paths)
+    averaged = average_checkpoints(paths, weights)
     last = load_checkpoint(paths[-1])
     meta = dict(last.get("meta", {}))
-    meta["averaged_from"] = [p.name for p in paths]
+    one_dir = len({p.parent for p in paths}) == 1  # checkpoints of one run: names; models of several: paths
+    meta["averaged_from"] = [p.name if one_dir else str(p) for p in paths]
+    if weights is not None:
+        meta["average_weights"] = _coefficients(weights, len(paths))
     if last.get("model_config") is None:
         raise CheckpointError(f"{paths[-1]}: checkpoint lacks model_config")
     return save_checkpoint(
