@@ -67,7 +67,7 @@ def test_report_exists_and_parses(smoke_run: Path) -> None:
     assert (smoke_run / "data" / "smoke" / "lang_bpe_100" / "lm_2gram.arpa.gz").is_file()
     assert "| Whisper tiny.en | greedy-hotwords |" in results  # the peer row beside our models
     assert "## Cross-engine: held-out voices split by engine" in results  # eval sets' breakdown: engine
-    assert "| `adapt_ewc` | med_test | " in results
+    assert "| `adapt_ewc` | greedy_search | med_test | " in results
     by_engine = smoke_run / "exp" / "smoke" / "adapt_ewc" / "decode_biasing"
     assert (by_engine / "wer-by-engine-med_test-modified_beam_search-hotwords.txt").is_file()  # stage 9 too
 
