@@ -322,7 +322,7 @@ if should_run 9 decode; then
   [ ! -f "$data/fbank/general_real_cuts_fbank.jsonl.gz" ] || parts+=(general_real)
   terms=(--terms "$data/text/names_used.txt" --terms-group-column 3)  # name recall, seen vs unseen
   hotword_args=(--hotwords-file "$data/text/hotwords.txt" --hotword-score "$(conf decode.hotword_score 0.5)")
-  # Shallow fusion: a token 4-gram over the BPE units from all the text the recipe has (the general pool,
+  # Shallow fusion: a token n-gram (decode.lm.order) over the BPE units from all the text the recipe has (the general pool,
   # the training splits, every term of the list; never a dev/test sentence): local/prepare_lm_text.py.
   lm_order=$(conf decode.lm.order 0)
   settings=("$method" "${method}-hotwords")
