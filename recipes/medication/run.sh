@@ -332,7 +332,7 @@ if should_run 9 decode; then
     synthasr train-lm --bpe-model "$bpe_dir/bpe.model" --text "$bpe_dir/lm_text.txt" \
       --terms "$data/text/names_used.txt" --order "$lm_order" --out "$lm" \
       --dev-text "$data/text/general_dev.jsonl"
-    lm_args=(--lm "$lm" --lm-scale "$(conf decode.lm.scale 0.5)" --lm-token-bonus "$(conf decode.lm.token_bonus 0)")
+    lm_args=(--lm "$lm" --lm-scale "$(conf decode.lm.scale 0.5)" --lm-token-bonus "$(conf decode.lm.token_bonus 2.0)")
     settings+=("${method}-lm" "${method}-lm-hotwords")
   fi
   # decode_setting STAGE PART SETTING: one stage 9 evaluation; SETTING names its options (-lm, -hotwords).

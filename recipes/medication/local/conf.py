@@ -108,7 +108,7 @@ class LmConfig:
 
     order: int = 0
     scale: float = 0.5
-    token_bonus: float = 0.0
+    token_bonus: float = 2.0  # = synthasr's ShallowFusion default (chosen on the dev sets)
 
 
 @dataclass
