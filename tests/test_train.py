@@ -167,6 +167,24 @@ def test_regularizer_is_added_and_logged(corpus, tmp_path):
     assert drift(tmp_path / "reg" / "final.pt") < drift(free)
 
 
+def test_cpu_training_flushes_subnormals_and_restores_the_default(corpus, tmp_path):
+    """Subnormal arithmetic is many times slower on x86; fit() flushes them while it trains, then puts
+    the process default back (a CPU without flush-to-zero support trains unflushed)."""
+    cuts, tok = corpus
+    subnormal = torch.tensor([1e-40])
+    seen = []
+
+    def probe(m: nn.Module) -> torch.Tensor:
+        seen.append(float(subnormal * 1.0))
+        return torch.zeros(())
+
+    assert float(subnormal * 1.0) > 0.0
+    fit(tiny_train_config(num_epochs=1), tmp_path / "flush", cuts, None, tok, model=_tiny_model(tok), regularizer=probe)
+    supported = torch.set_flush_denormal(False)  # probe the CPU (and keep the default)
+    assert seen and set(seen) == ({0.0} if supported else {float(subnormal)})
+    assert float(subnormal * 1.0) > 0.0  # default again after fit()
+
+
 def test_source_fractions_logged_to_tensorboard(corpus, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
