@@ -287,6 +287,21 @@ def test_cli_evaluate(assets, tmp_path):
     result = CliRunner().invoke(cli, args + ["--hotword", "zzz"])
     assert result.exit_code != 0 and "zzz" in result.output
 
+    # Several sets and decodings in one run: one result file per set and decoding, named SUFFIX[-TAG].
+    two = ["evaluate", "--model", str(assets["ckpt"]), "--out-dir", str(tmp_path / "res2"),
+           "--cuts", str(tmp_path / "cuts.jsonl.gz"), "--name", "a", "--cuts", str(tmp_path / "cuts.jsonl.gz"),
+           "--name", "b", "--method", "modified_beam_search", "--suffix", "beam", "--hotword", "amoxicillin"]
+    result = CliRunner().invoke(cli, two + ["--decoding", "plain", "--decoding", "hotwords"])
+    assert result.exit_code == 0, result.output
+    for name in ("a", "b"):
+        for suffix in ("beam", "beam-hotwords"):
+            assert (tmp_path / "res2" / f"recogs-{name}-{suffix}.txt").is_file(), (name, suffix)
+        assert f"{name} beam-hotwords\t" in result.output
+    bad = CliRunner().invoke(cli, two + ["--decoding", "lm"])
+    assert bad.exit_code != 0 and "--decoding lm needs --lm" in bad.output
+    bad = CliRunner().invoke(cli, two[:-4] + ["--name", "c"])
+    assert bad.exit_code != 0 and "one --name per --cuts" in bad.output
+
 
 def test_lm_fusion_through_bundle_and_cli(assets, bundle, tmp_path):
     """transcribe(lm=ARPA path or loaded LM) is modified beam search with ShallowFusion; an ARPA over

@@ -136,6 +136,38 @@ def test_evaluate_writes_icefall_results(tmp_path):
     assert "utt2" in recogs and "doctor" in recogs
 
 
+def test_evaluate_decodings_encodes_each_set_once_and_matches_separate_decodes(tmp_path):
+    from synthasr.decode.context_graph import ContextGraph
+    from synthasr.decode.evaluation import Decoding, EvaluateError, evaluate, evaluate_decodings
+    from synthasr.tokenizer import Tokenizer, train_bpe
+
+    texts = ["take amoxicillin twice daily", "the patient needs ibuprofen", "call the doctor tomorrow"]
+    tok = Tokenizer.load(train_bpe(texts * 3, tmp_path / "lang", vocab_size=30, hard_vocab_limit=False))
+    torch.manual_seed(0)
+    model = build_model({"preset": "tiny", "vocab_size": tok.vocab_size})
+    cuts = _cuts_with_audio(tmp_path, texts)
+    graph = ContextGraph.from_phrases(["amoxicillin:3.0"], tok)
+    plan = [Decoding("greedy"), Decoding("beam", "modified_beam_search", 2),
+            Decoding("beam-hotwords", "modified_beam_search", 2, context_graph=graph)]
+    calls = []
+    encode = model.encode
+    model.encode = lambda *a, **k: calls.append(1) or encode(*a, **k)
+    got = evaluate_decodings(model, tok, cuts, tmp_path / "many", "dev", plan, progress=False)
+    assert len(calls) == 1  # one batch, encoded once for three searches
+    for d in plan:
+        alone = evaluate(model, tok, cuts, tmp_path / "one", "dev", method=d.method, beam_size=d.beam_size,
+                         context_graph=d.context_graph, suffix=d.suffix)
+        assert [u.hyp for u in got[d.suffix].utts] == [u.hyp for u in alone.utts], d.suffix
+        assert (tmp_path / "many" / f"recogs-dev-{d.suffix}.txt").read_text() == \
+            (tmp_path / "one" / f"recogs-dev-{d.suffix}.txt").read_text()
+    summary = (tmp_path / "many" / "wer-summary-dev.txt").read_text()
+    assert all(d.suffix in summary for d in plan)
+    with pytest.raises(EvaluateError, match="distinct result names"):
+        evaluate_decodings(model, tok, cuts, tmp_path / "dup", "dev", [Decoding("x"), Decoding("x")], progress=False)
+    with pytest.raises(ValueError, match="hotword biasing needs modified_beam_search"):
+        Decoding("x", "greedy_search", context_graph=graph)
+
+
 def test_evaluate_uses_precomputed_features(tmp_path):
     from lhotse import LilcomChunkyWriter
 

@@ -178,12 +178,17 @@ class _Model(torch.nn.Module):
 
 
 def _reference_fused_greedy(model, enc, length, fusion):
-    """One hypothesis, one symbol per frame: argmax of log p_rnnt + scale * log p_lm + bonus (non-blank)."""
+    """One hypothesis, one symbol per frame: argmax of log p_rnnt + scale * log p_lm + bonus
+    - ilm_scale * log p_ilm (non-blank), p_ilm = the joiner without its acoustic input, blank excluded."""
     ys, lm_state = [], fusion.lm.start()
     dec_out, _ = model.decoder.start(1, enc.device)
     for t in range(length):
-        logp = model.joiner(model.joiner.encoder_proj(enc[t:t + 1]), model.joiner.decoder_proj(dec_out)).log_softmax(-1)[0]
+        dec = model.joiner.decoder_proj(dec_out)
+        logp = model.joiner(model.joiner.encoder_proj(enc[t:t + 1]), dec).log_softmax(-1)[0]
+        ilm_logits = model.joiner.out(torch.tanh(dec))[0]
+        ilm = torch.cat([ilm_logits[:1] * 0 - float("inf"), ilm_logits[1:]]).log_softmax(-1)
         fused = logp + fusion.scale * fusion.lm.log_probs(lm_state)[:V] + fusion.token_bonus
+        fused[1:] -= fusion.ilm_scale * ilm[1:]
         fused[0] = logp[0]
         token = int(fused.argmax())
         if token != 0:
@@ -199,11 +204,15 @@ def test_beam_one_with_fusion_equals_reference_search():
     lm = estimate_kneser_ney(_corpus(seed=5, n=100), 3, V)
     enc = torch.randn(3, 12, 5)
     lens = torch.tensor([12, 9, 5])
-    for scale, bonus in [(0.0, 0.0), (0.5, 0.0), (1.0, 0.7), (3.0, 2.0)]:
-        fusion = ShallowFusion(lm, scale, bonus)
+    outputs = set()
+    for scale, bonus, ilm in [(0.0, 0.0, 0.0), (0.5, 0.0, 0.0), (1.0, 0.7, 0.0), (3.0, 2.0, 0.0), (0.5, 2.0, 1.0),
+                              (0.0, 0.0, 3.0)]:
+        fusion = ShallowFusion(lm, scale, bonus, ilm)
         got = modified_beam_search(model, enc, lens, beam_size=1, fusion=fusion)
         want = [_reference_fused_greedy(model, enc[b], int(lens[b]), fusion) for b in range(3)]
-        assert got == want, (scale, bonus)
+        assert got == want, (scale, bonus, ilm)
+        outputs.add(repr(got))
+    assert len(outputs) > 2  # the settings do change the search: the comparison is not vacuous
     plain = modified_beam_search(model, enc, lens, beam_size=3)
     assert modified_beam_search(model, enc, lens, beam_size=3, fusion=ShallowFusion(lm, 0.0, 0.0)) == plain
 
@@ -215,6 +224,8 @@ def test_fusion_refuses_an_lm_over_other_units():
         modified_beam_search(model, torch.randn(1, 4, 5), torch.tensor([4]), fusion=ShallowFusion(lm, 0.5))
     with pytest.raises(ValueError, match="LM scale"):
         ShallowFusion(lm, -1.0)
+    with pytest.raises(ValueError, match="internal LM scale"):
+        ShallowFusion(lm, 0.5, ilm_scale=-0.1)
 
 
 def test_estimation_refuses_bad_ids_and_empty_text():

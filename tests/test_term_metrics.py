@@ -264,7 +264,8 @@ def test_recogs_round_trip_and_bad_lines(tmp_path):
 def _fake_decode(monkeypatch):
     import synthasr.decode.evaluation as evaluation
 
-    monkeypatch.setattr(evaluation, "decode_cuts", lambda *args, **kwargs: list(PAIRS))
+    monkeypatch.setattr(evaluation, "encode_cuts", lambda *args, **kwargs: [])
+    monkeypatch.setattr(evaluation, "search_encoded", lambda *args, **kwargs: list(PAIRS))
 
 
 def test_evaluate_scores_terms_and_summarises_for_eval_json(tmp_path, monkeypatch):

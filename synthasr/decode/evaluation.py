@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -63,19 +64,49 @@ def _supervision_batch(batch: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tenso
     return x, torch.tensor(lens, dtype=torch.int64), ids, refs
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """One way of searching encoder outputs; ``suffix`` names its result files (``recogs-SET-SUFFIX.txt``).
+
+    ``context_graph`` (hotword biasing) and ``fusion`` (an external LM,
+    :class:`synthasr.decode.search.ShallowFusion`) need ``method="modified_beam_search"``."""
+
+    suffix: str
+    method: str = "greedy_search"
+    beam_size: int = 4
+    context_graph: Any = None
+    fusion: Any = None
+
+    def __post_init__(self) -> None:
+        if self.method not in ("greedy_search", "modified_beam_search"):
+            raise ValueError(f"method must be greedy_search or modified_beam_search, got {self.method!r}")
+        if self.method != "modified_beam_search" and (self.fusion is not None or self.context_graph is not None):
+            what = "LM fusion" if self.fusion is not None else "hotword biasing"
+            raise ValueError(f"{what} needs modified_beam_search, not {self.method}")
+
+
+def default_suffix(method: str, beam_size: int = 4, context_graph=None, fusion=None) -> str:
+    """icefall-style setting name: method (+ beam size, LM weights, ``_hotwords``)."""
+    suffix = method if method == "greedy_search" else f"{method}_beam_size_{beam_size}"
+    if fusion is not None:
+        suffix += f"_lm_scale_{fusion.scale:g}" + (f"_bonus_{fusion.token_bonus:g}" if fusion.token_bonus else "")
+        suffix += f"_ilm_{fusion.ilm_scale:g}" if fusion.ilm_scale else ""
+    if context_graph is not None:
+        suffix += "_hotwords"
+    return suffix
+
+
+EncodedBatch = Tuple[torch.Tensor, torch.Tensor, List[str], List[str]]  # encoder out, lengths, ids, refs
+
+
 @torch.inference_mode()
-def decode_cuts(model, tokenizer, cuts, method: str = "greedy_search", beam_size: int = 4,
-                device: Union[str, torch.device] = "cpu", max_duration: float = 300.0, feature_config=None,
-                context_graph=None, progress: bool = True, fusion=None) -> List[Tuple[str, str, str]]:
-    """(utt_id, reference, hypothesis) for every supervision of ``cuts``, in sampler order; ``fusion``:
-    an external LM in modified beam search (:class:`synthasr.decode.search.ShallowFusion`)."""
+def encode_cuts(model, cuts, device: Union[str, torch.device] = "cpu", max_duration: float = 300.0,
+                feature_config=None, progress: bool = True) -> List[EncodedBatch]:
+    """Encoder outputs of every supervision of ``cuts``, batch by batch in input order: the expensive
+    half of decoding, computed once however many searches then run over it."""
     from lhotse.dataset import SimpleCutSampler
     from tqdm import tqdm
 
-    from synthasr.decode.search import greedy_search, modified_beam_search
-
-    if method not in ("greedy_search", "modified_beam_search"):
-        raise ValueError(f"method must be greedy_search or modified_beam_search, got {method!r}")
     device = torch.device(device)
     model = model.to(device).eval()
     cuts, dataset = _make_dataset(cuts, feature_config)
@@ -84,17 +115,40 @@ def decode_cuts(model, tokenizer, cuts, method: str = "greedy_search", beam_size
     # world_size/rank pinned: under torchrun lhotse would otherwise read them from the environment
     # and give each rank only its share of the eval set.
     sampler = SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False, world_size=1, rank=0)
-    results: List[Tuple[str, str, str]] = []
-    for cut_batch in tqdm(sampler, desc="evaluate", unit="batch", disable=not progress):
+    batches: List[EncodedBatch] = []
+    for cut_batch in tqdm(sampler, desc="encode", unit="batch", disable=not progress):
         x, x_lens, ids, refs = _supervision_batch(dataset[cut_batch])
         enc, enc_lens = model.encode(x.to(device), x_lens.to(device))
-        if method == "greedy_search":
+        batches.append((enc, enc_lens, ids, refs))
+    return batches
+
+
+@torch.inference_mode()
+def search_encoded(model, tokenizer, batches: List[EncodedBatch], decoding: Decoding) -> List[Tuple[str, str, str]]:
+    """(utt_id, reference, hypothesis) for every row of ``batches`` (from :func:`encode_cuts`)."""
+    from synthasr.decode.search import greedy_search, modified_beam_search
+
+    model = model.eval()
+    results: List[Tuple[str, str, str]] = []
+    for enc, enc_lens, ids, refs in batches:
+        if decoding.method == "greedy_search":
             hyps = greedy_search(model, enc, enc_lens, unk_id=tokenizer.unk_id)
         else:
-            hyps = modified_beam_search(model, enc, enc_lens, beam_size=beam_size, context_graph=context_graph,
-                                        unk_id=tokenizer.unk_id, fusion=fusion)
+            hyps = modified_beam_search(model, enc, enc_lens, beam_size=decoding.beam_size,
+                                        context_graph=decoding.context_graph, unk_id=tokenizer.unk_id,
+                                        fusion=decoding.fusion)
         results.extend(zip(ids, refs, tokenizer.decode(hyps)))
     return results
+
+
+def decode_cuts(model, tokenizer, cuts, method: str = "greedy_search", beam_size: int = 4,
+                device: Union[str, torch.device] = "cpu", max_duration: float = 300.0, feature_config=None,
+                context_graph=None, progress: bool = True, fusion=None) -> List[Tuple[str, str, str]]:
+    """(utt_id, reference, hypothesis) for every supervision of ``cuts``, in sampler order; ``fusion``:
+    an external LM in modified beam search (:class:`synthasr.decode.search.ShallowFusion`)."""
+    decoding = Decoding("", method, beam_size, context_graph, fusion)
+    batches = encode_cuts(model, cuts, device, max_duration, feature_config, progress)
+    return search_encoded(model, tokenizer, batches, decoding)
 
 
 def evaluate(model, tokenizer, cuts, out_dir: Union[str, Path], test_set_name: str, method: str = "greedy_search",
@@ -107,27 +161,47 @@ def evaluate(model, tokenizer, cuts, out_dir: Union[str, Path], test_set_name: s
     ``terms-*.txt`` and the ``wer-*.json``. With ``breakdown`` (a cut tag such as ``engine``) the same
     hypotheses are scored per tag value too (``wer-by-<tag>-*.txt``, ``result.breakdown``): per-engine
     WER and term recall from one decode. ``result.files`` says where each file went."""
-    from synthasr.data.tags import TagError, tag_values
-    from synthasr.score import add_breakdown, compute_wer, write_results
+    try:
+        decoding = Decoding(suffix or default_suffix(method, beam_size, context_graph, fusion), method, beam_size,
+                            context_graph, fusion)
+    except ValueError as e:
+        raise EvaluateError(f"{test_set_name}: {e}") from None
+    return evaluate_decodings(model, tokenizer, cuts, out_dir, test_set_name, [decoding], device=device,
+                              max_duration=max_duration, feature_config=feature_config, terms=terms,
+                              breakdown=breakdown)[decoding.suffix]
 
+
+def evaluate_decodings(model, tokenizer, cuts, out_dir: Union[str, Path], test_set_name: str,
+                       decodings: Sequence[Decoding], device: Union[str, torch.device] = "cpu",
+                       max_duration: float = 300.0, feature_config=None, terms=None,
+                       breakdown: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
+    """:func:`evaluate` for several decodings of one set, encoding it once: ``{suffix: WerResult}``.
+
+    The encoder is most of the cost of a decode; comparing settings (with and without hotwords or an
+    LM) then costs a search each, not a decode each."""
+    from synthasr.data.tags import TagError, tag_values
+
+    suffixes = [d.suffix for d in decodings]
+    if not decodings or len(set(suffixes)) != len(suffixes):
+        raise EvaluateError(f"{test_set_name}: decodings need distinct result names, got {suffixes}")
     group_of = None
     if breakdown is not None:
         try:  # before decoding: a set without the tag fails in a second, not after the decode
             group_of = tag_values(cuts, breakdown)
         except TagError as e:
             raise EvaluateError(f"{test_set_name}: cannot break results down by {breakdown!r}: {e}") from None
+    batches = encode_cuts(model, cuts, device, max_duration, feature_config, progress)
+    out = {}
+    for decoding in decodings:
+        results = search_encoded(model, tokenizer, batches, decoding)
+        out[decoding.suffix] = _score_and_write(results, out_dir, test_set_name, decoding.suffix, terms,
+                                                group_of, breakdown)
+    return out
 
-    if fusion is not None and method != "modified_beam_search":
-        raise EvaluateError(f"{test_set_name}: LM fusion needs modified_beam_search, not {method}")
-    results = decode_cuts(model, tokenizer, cuts, method=method, beam_size=beam_size, device=device,
-                          max_duration=max_duration, feature_config=feature_config, context_graph=context_graph,
-                          fusion=fusion)
-    if suffix is None:
-        suffix = method if method == "greedy_search" else f"{method}_beam_size_{beam_size}"
-        if fusion is not None:
-            suffix += f"_lm_scale_{fusion.scale:g}" + (f"_bonus_{fusion.token_bonus:g}" if fusion.token_bonus else "")
-        if context_graph is not None:
-            suffix += "_hotwords"
+
+def _score_and_write(results, out_dir, test_set_name: str, suffix: str, terms, group_of, breakdown: Optional[str]):
+    from synthasr.score import add_breakdown, compute_wer, write_results
+
     wer = compute_wer(results, terms=terms)
     if group_of is not None:
         add_breakdown(wer, results, group_of, breakdown, terms=terms)

@@ -125,6 +125,8 @@ def modified_beam_search(model, encoder_out: torch.Tensor, encoder_out_lens: tor
         log_probs = log_probs + torch.stack([h.log_prob for h in flat]).unsqueeze(1)  # (H, V)
         if fusion is not None:
             log_probs = log_probs + fusion.token_scores(flat, silent, log_probs.size(1), device)
+            if fusion.ilm_scale:
+                log_probs = log_probs - fusion.ilm_scale * _internal_lm(joiner, dec_proj.index_select(0, rows), silent)
         vocab = log_probs.size(1)
 
         new_beams, parents, emit_tokens, emit_slots = [], [], [], []
@@ -181,15 +183,24 @@ class ShallowFusion:
     model's own units (e.g. :class:`synthasr.lm.ngram.NgramLM`). The bonus offsets the LM's cost per
     token, which otherwise favours blank and deletes words; tune both on a dev set. The defaults are
     the medication recipe's choice on its dev sets (docs/configuration.md, ``decode.lm``).
+
+    ``ilm_scale`` > 0 also subtracts ``ilm_scale * log P_ilm(token | history)``, the transducer's own
+    internal LM estimated by running the joiner without the acoustic input (ILME, Meng et al. 2021).
+    The prediction network learnt the training text's word statistics; subtracting them lets the
+    external LM take their place instead of being counted twice (after adaptation on medication
+    sentences, that internal LM leans to the new domain's text).
     """
 
     lm: Any
     scale: float = 0.5
     token_bonus: float = 2.0
+    ilm_scale: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.scale >= 0:
             raise ValueError(f"LM scale must be >= 0, got {self.scale}")
+        if not self.ilm_scale >= 0:
+            raise ValueError(f"internal LM scale must be >= 0, got {self.ilm_scale}")
 
     def token_scores(self, hyps: Sequence[_Hyp], silent: set, vocab: int, device) -> torch.Tensor:
         if self.lm.vocab_size != vocab:
@@ -203,6 +214,17 @@ class ShallowFusion:
         from synthasr.lm.ngram import SOS_EOS_ID
 
         return self.scale * float(self.lm.log_probs(h.lm_state)[SOS_EOS_ID])
+
+
+def _internal_lm(joiner, dec_proj: torch.Tensor, silent: set) -> torch.Tensor:
+    """Internal LM estimate of a transducer (ILME): the joiner with the acoustic input removed,
+    normalised over the emitting tokens; silent tokens (blank, unk) get 0 so they are not rescored."""
+    logits = joiner(torch.zeros_like(dec_proj), dec_proj, project_input=False)
+    silent_cols = sorted(silent)
+    logits[:, silent_cols] = float("-inf")
+    ilm = logits.log_softmax(dim=-1)
+    ilm[:, silent_cols] = 0.0
+    return ilm
 
 
 def _extend(parent: _Hyp, token: int, score: torch.Tensor, silent: set,

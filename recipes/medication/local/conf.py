@@ -85,6 +85,7 @@ class PeerConfig:
     enabled: bool = False
     bias: str = "hotwords"    # faster-whisper option that carries the medication names
     max_utterances: int = 0   # > 0: only the first N cuts of each set (smoke runs)
+    bias_sets: List[str] = field(default_factory=list)  # the biased setting on these sets only (empty: all)
 
 
 @dataclass
@@ -109,6 +110,7 @@ class LmConfig:
     order: int = 0
     scale: float = 0.5
     token_bonus: float = 2.0  # = synthasr's ShallowFusion default (chosen on the dev sets)
+    ilm_scale: float = 0.0    # internal-LM estimate subtracted (ShallowFusion.ilm_scale); 0: plain fusion
 
 
 @dataclass

@@ -224,7 +224,12 @@ def parse_sets(values: Sequence[str]) -> Dict[str, Path]:
 
 def run(sets: Dict[str, Path], out_dir: Path, hotwords_file: Optional[Path], bias_key: str, model_dir: str,
         compute_type: str, threads: int, beam_size: int, limit: Optional[int], terms: Optional[TermList] = None,
-        log=print) -> dict:
+        log=print, bias_sets: Sequence[str] = ()) -> dict:
+    """Decode every set plainly and, with ``hotwords_file``, biased too: on ``bias_sets`` only when
+    given (the biased setting is about the names; on general speech it only measures false alarms)."""
+    unknown = [b for b in bias_sets if b not in sets]
+    if unknown:
+        raise PeerError(f"--bias-set {unknown[0]}: not one of the --cuts sets ({', '.join(sets)})")
     model_dir = find_model_dir(model_dir)
     cutsets = {name: load_cuts(path) for name, path in sets.items()}  # fail on a bad path before decoding
     if limit:
@@ -243,11 +248,14 @@ def run(sets: Dict[str, Path], out_dir: Path, hotwords_file: Optional[Path], bia
         label = "hotwords" if bias_key == "hotwords" else "prompt"
         settings.append((f"{settings[0][0]}-{label}", (bias_key, " ".join(fitted))))
         bias_info = {"file": str(hotwords_file), "names_in_file": len(names), "names_used": len(fitted),
-                     "mechanism": bias_key, "token_limit": PROMPT_TOKEN_LIMIT}
+                     "mechanism": bias_key, "token_limit": PROMPT_TOKEN_LIMIT,
+                     "sets": list(bias_sets) or list(sets)}
     ensure_dir(out_dir)
     results: Dict[str, Dict[str, dict]] = {}
     for name, cuts in cutsets.items():
         for suffix, bias in settings:
+            if bias is not None and bias_sets and name not in bias_sets:
+                continue
             res = decode_set(model, cuts, sets[name], transcribe_options(beam_size, bias), log)
             try:
                 wer = compute_wer(res.pairs, terms=terms)
@@ -291,12 +299,18 @@ def run(sets: Dict[str, Path], out_dir: Path, hotwords_file: Optional[Path], bia
               help="Term list scored for recall/precision (as synthasr evaluate --terms).")
 @click.option("--terms-group-column", type=click.IntRange(min=2), default=None,
               help="1-based column of --terms holding the group recall is split by (3 for names_used.txt).")
+@click.option("--bias-set", "bias_sets", multiple=True, metavar="NAME",
+              help="Run the biased setting on this set only (repeatable; default: every set).")
 @click.option("--optional", is_flag=True, help="Missing packages/model: a warning and exit 0.")
 def main(cuts: Tuple[str, ...], out_dir: Path, hotwords_file: Optional[Path], bias_key: str, model_dir: str,
          compute_type: str, threads: int, beam_size: int, limit: Optional[int], terms_file: Optional[Path],
-         terms_group_column: Optional[int], optional: bool) -> None:
+         terms_group_column: Optional[int], bias_sets: Tuple[str, ...], optional: bool) -> None:
     """Whisper tiny.en peer row on the recipe's test sets (offline, CPU)."""
     sets = parse_sets(cuts)
+    unknown = [b for b in bias_sets if b not in sets]
+    if unknown:
+        raise click.BadParameter(f"{unknown[0]!r} is not one of the --cuts sets ({', '.join(sets)})",
+                                 param_hint="--bias-set")
     if terms_group_column is not None and terms_file is None:
         raise click.UsageError("--terms-group-column needs --terms")
     try:
@@ -308,7 +322,7 @@ def main(cuts: Tuple[str, ...], out_dir: Path, hotwords_file: Optional[Path], bi
             raise MissingPackageError(f"faster-whisper is not installed: {INSTALL_HINT}")
         find_model_dir(model_dir)
         run(sets, out_dir, hotwords_file, bias_key, model_dir, compute_type, threads, beam_size, limit, terms,
-            log=lambda m: click.echo(m, err=True))
+            log=lambda m: click.echo(m, err=True), bias_sets=bias_sets)
     except MissingPackageError as e:
         if not optional:
             raise click.ClickException(str(e)) from None
