@@ -138,7 +138,7 @@ def test_evaluate_writes_icefall_results(tmp_path):
 
 def test_evaluate_decodings_encodes_each_set_once_and_matches_separate_decodes(tmp_path):
     from synthasr.decode.context_graph import ContextGraph
-    from synthasr.decode.evaluation import Decoding, EvaluateError, evaluate, evaluate_decodings
+    from synthasr.decode.evaluation import Decoding, EvaluateError, decode_cuts, evaluate, evaluate_decodings
     from synthasr.tokenizer import Tokenizer, train_bpe
 
     texts = ["take amoxicillin twice daily", "the patient needs ibuprofen", "call the doctor tomorrow"]
@@ -162,6 +162,12 @@ def test_evaluate_decodings_encodes_each_set_once_and_matches_separate_decodes(t
             (tmp_path / "one" / f"recogs-dev-{d.suffix}.txt").read_text()
     summary = (tmp_path / "many" / "wer-summary-dev.txt").read_text()
     assert all(d.suffix in summary for d in plan)
+    # Batched shortest first, returned in input order: here the input is longest first.
+    from lhotse import CutSet
+
+    longest_first = CutSet.from_cuts(sorted(cuts, key=lambda c: -c.duration))
+    assert [r[0] for r in decode_cuts(model, tok, longest_first, max_duration=2.5, progress=False)] == \
+        ["utt2", "utt1", "utt0"]
     with pytest.raises(EvaluateError, match="distinct result names"):
         evaluate_decodings(model, tok, cuts, tmp_path / "dup", "dev", [Decoding("x"), Decoding("x")], progress=False)
     with pytest.raises(ValueError, match="hotword biasing needs modified_beam_search"):
