@@ -186,8 +186,21 @@ def _decoding(exp: Path, stage: str, test_set: str, settings: str) -> Optional[D
     return _read_json(path) if path.is_file() else None
 
 
+def decode_settings_line(cfg: Dict[str, Any]) -> str:
+    """Stage 9's search settings as the config gave them (what `-lm` and `-hotwords` mean)."""
+    dec = cfg.get("decode") or {}
+    lm = dec.get("lm") or {}
+    text = f"Stage 9 decodings: modified beam search, beam {dec.get('beam_size', 4)}; `-hotwords`: the names, " \
+           f"{dec.get('hotword_score', 0.5)} per token"
+    if int(lm.get("order", 0) or 0) > 0:
+        text += (f"; `-lm`: token {lm['order']}-gram, scale {lm.get('scale', 0.5)}, bonus {lm.get('token_bonus', 2.0)} "
+                 f"per token, internal-LM subtraction {lm.get('ilm_scale', 0.0)}")
+    return text + " (`decode` in the config)."
+
+
 def shipped_targets_section(exp: Path, res: Dict[str, Any], baseline: str, final: str, new_sets: List[str],
-                            general_sets: List[str], new_goal: float, gen_goal: float) -> List[str]:
+                            general_sets: List[str], new_goal: float, gen_goal: float,
+                            settings_line: str = "") -> List[str]:
     """The targets again for the system the recipe ships (``results.shipped_decoding``, a stage 9
     decoding): against the baseline decoded the same way (what the adaptation did) and against the
     baseline as it was before the new domain (``results.before_decoding``: plain beam search, no
@@ -204,7 +217,7 @@ def shipped_targets_section(exp: Path, res: Dict[str, Any], baseline: str, final
     L = ["", f"## Targets with the shipped decoding (`{shipped}`)", "",
          f"WER % of `{final}` decoded as the recipe ships it, against `{baseline}` decoded the same way (what the "
          f"adaptation did) and against `{baseline}` before the new domain (`{before}`: no domain text, no names). "
-         "Name recall % of the shipped decoding.", "",
+         "Name recall % of the shipped decoding." + (f" {settings_line}" if settings_line else ""), "",
          f"| eval set | `{baseline}` {before} | `{baseline}` shipped | `{final}` shipped | change vs before | "
          "change vs same decoding | name recall |", "|---|---|---|---|---|---|---|"]
     verdicts = []
@@ -406,7 +419,8 @@ def render(cfg: Dict[str, Any], config_path: str, exp: Path, data: Path, out: Op
         L.append(f"* {s}: relative WER change {_fmt(r, signed=True, digits=1)} % "
                  f"(target ≤ +{gen_goal:g} %): **{'met' if ok else 'not met'}**")
 
-    L += shipped_targets_section(exp, res, baseline, final, new_sets, general_sets, new_goal, gen_goal)
+    L += shipped_targets_section(exp, res, baseline, final, new_sets, general_sets, new_goal, gen_goal,
+                                 decode_settings_line(cfg))
     L += names_section(report, baseline, final)
     L += ["", "## Ablation (each row starts from the baseline unless it says otherwise), WER %", "",
           "| system | stage | " + " | ".join(sets) + " | backward transfer (abs.) |",
