@@ -24,6 +24,9 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 __all__ = [
     "NormalizationError",
+    "TextFileError",
+    "jsonl_record_text",
+    "read_jsonl_texts",
     "normalize",
     "normalize_lines",
     "is_normalized",
@@ -502,3 +505,38 @@ def normalize_lines(lines: Iterable[str]) -> Iterator[Tuple[int, Union[str, Norm
             yield line_no, normalize(line.rstrip("\n"))
         except NormalizationError as e:
             yield line_no, NormalizationError(f"line {line_no}: {e}")
+
+
+class TextFileError(ValueError):
+    """A text file cannot be read as sentences; the message names the file and line."""
+
+
+def jsonl_record_text(line: str, where: str) -> Tuple[Optional[str], str]:
+    """(id, text) of one JSONL record: the recipe's text splits keep the sentence under ``text`` (and
+    an ``id``). ``where`` (``file:line``) starts the error message."""
+    import json
+
+    try:
+        record = json.loads(line)
+    except ValueError as e:
+        raise TextFileError(f"{where}: not a JSON object ({e})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise TextFileError(f"{where}: a JSONL text line needs a string 'text' field")
+    utt_id = record.get("id")
+    return (None if utt_id is None else str(utt_id)), record["text"]
+
+
+def read_jsonl_texts(path) -> Iterator[Tuple[int, Optional[str], str]]:
+    """(line number, id, text) of each record of a JSONL file (``.gz`` read as gzip); blank lines are
+    skipped. Reading such a file as plain text would treat its keys and ids as words."""
+    import gzip
+
+    path = str(path)
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if line.strip():
+                    yield (line_no, *jsonl_record_text(line, f"{path}:{line_no}"))
+    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile) as e:
+        raise TextFileError(f"{path}: not readable UTF-8 text ({e})") from None

@@ -142,3 +142,24 @@ def test_is_normalized():
     assert not is_normalized("Take it")
     assert not is_normalized("take  it")
     assert not is_normalized("take 2")
+
+
+def test_read_jsonl_texts_reads_the_text_field_and_names_bad_lines(tmp_path):
+    import gzip
+
+    from synthasr.text import TextFileError, read_jsonl_texts
+
+    good = tmp_path / "split.jsonl.gz"
+    with gzip.open(good, "wt", encoding="utf-8") as f:
+        f.write('{"id": "u1", "text": "take two tablets", "source": "x"}\n\n{"text": "no id"}\n')
+    assert list(read_jsonl_texts(good)) == [(1, "u1", "take two tablets"), (3, None, "no id")]
+    for body, message in [('{"id": 1}\n', "split.jsonl:1: a JSONL text line needs a string 'text' field"),
+                          ('{"text": "ok"}\n{"text": 3}\n', "split.jsonl:2: a JSONL text line needs"),
+                          ("take two\n", "split.jsonl:1: not a JSON object"),
+                          ('["text"]\n', "split.jsonl:1: a JSONL text line needs")]:
+        (tmp_path / "split.jsonl").write_text(body)
+        with pytest.raises(TextFileError, match=message):
+            list(read_jsonl_texts(tmp_path / "split.jsonl"))
+    (tmp_path / "latin1.jsonl").write_bytes('{"text": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(TextFileError, match="latin1.jsonl: not readable UTF-8"):
+        list(read_jsonl_texts(tmp_path / "latin1.jsonl"))

@@ -340,7 +340,7 @@ if should_run 9 decode; then
   # decode_sets STAGE DECODING... : the stage's model on every eval set, one encoder pass per set; results
   # are named <method>[-lm][-hotwords]. Synthetic sets are also scored per TTS engine.
   decode_sets() {
-    local model_stage=$1 d synthetic=() names=() wanted=(); shift
+    local model_stage=$1 d part synthetic=() wanted=(); shift
     for d in "$@"; do wanted+=(--decoding "$d"); done
     for part in "${parts[@]}"; do
       [ "$part" = general_real ] && continue

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import json
 import sys
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
@@ -10,7 +9,7 @@ from typing import Iterator, List, Optional, Tuple
 import click
 
 from synthasr.score import ScoreError, compute_wer, read_kaldi_text, write_results
-from synthasr.text import NormalizationError, normalize
+from synthasr.text import NormalizationError, TextFileError, jsonl_record_text, normalize
 from synthasr.tokenizer import TokenizerError, train_bpe
 from synthasr.utils.io import atomic_write
 
@@ -27,15 +26,10 @@ def _is_jsonl(path: str) -> bool:
 
 
 def _jsonl_text(line: str, where: str) -> Tuple[Optional[str], str]:
-    """(id, text) of one JSONL record: the recipe's text splits keep the sentence under ``text``."""
     try:
-        record = json.loads(line)
-    except ValueError as e:
-        raise click.ClickException(f"{where}: not a JSON object ({e})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-        raise click.ClickException(f"{where}: a JSONL text line needs a string 'text' field")
-    utt_id = record.get("id")
-    return (None if utt_id is None else str(utt_id)), record["text"]
+        return jsonl_record_text(line, where)
+    except TextFileError as e:
+        raise click.ClickException(str(e)) from None
 
 
 def _normalized_lines(path: str, kaldi: bool, skip_errors: bool) -> Iterator[Tuple[Optional[str], str]]:

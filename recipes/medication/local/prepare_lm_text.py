@@ -15,14 +15,13 @@ own, so held-out terms, which no utterance speaks, are spelled in the LM: text-o
 """
 from __future__ import annotations
 
-import gzip
-import json
 import sys
 from pathlib import Path
 from typing import Iterable, Iterator, List, Set
 
 import click
 
+from synthasr.text import TextFileError, read_jsonl_texts
 from synthasr.utils.io import atomic_write
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,16 +33,11 @@ TRAIN_SPLITS = ("general_train", "med_train")
 
 def jsonl_texts(path: Path) -> Iterator[str]:
     """The ``text`` field of each line of a (possibly gzipped) JSONL file."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)["text"]
-            except (ValueError, KeyError, TypeError):
-                raise click.ClickException(f"{path}:{line_no}: expected a JSON object with a 'text' field") from None
+    try:
+        for _, _, text in read_jsonl_texts(path):
             yield text
+    except TextFileError as e:
+        raise click.ClickException(str(e)) from None
 
 
 def held_out_sentences(text_dir: Path, real_dir: Path) -> Set[str]:
