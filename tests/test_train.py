@@ -183,6 +183,13 @@ def test_cpu_training_flushes_subnormals_and_restores_the_default(corpus, tmp_pa
     supported = torch.set_flush_denormal(False)  # probe the CPU (and keep the default)
     assert seen and set(seen) == ({0.0} if supported else {float(subnormal)})
     assert float(subnormal * 1.0) > 0.0  # default again after fit()
+    if supported:  # flushing set beforehand (as `synthasr train` does for all threads) is left on
+        torch.set_flush_denormal(True)
+        try:
+            fit(tiny_train_config(num_epochs=1), tmp_path / "flush2", cuts, None, tok, model=_tiny_model(tok))
+            assert float(subnormal * 1.0) == 0.0
+        finally:
+            torch.set_flush_denormal(False)
 
 
 def test_source_fractions_logged_to_tensorboard(corpus, tmp_path):

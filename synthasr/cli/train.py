@@ -101,6 +101,11 @@ def train(config: Optional[str], schedule: Optional[str], exp_dir: Optional[str]
 
     Multi-GPU/CPU DDP: ``torchrun --nproc_per_node N -m synthasr train --config ...``.
     """
+    import torch
+
+    # Before any torch work, so that the OpenMP workers started by the first parallel op inherit it
+    # (see synthasr.train.trainer.flushes_subnormals): subnormals slow CPU training down severalfold.
+    torch.set_flush_denormal(True)
     from synthasr.checkpoint import CheckpointError
     from synthasr.config import ConfigError
     from synthasr.data.dataset import DatasetError

@@ -725,6 +725,17 @@ class _Trainer:
 # --------------------------------------------------------------------------------------------- #
 # Public entry point
 # --------------------------------------------------------------------------------------------- #
+def flushes_subnormals() -> bool:
+    """Whether this thread flushes subnormal floats to zero (``torch.set_flush_denormal``).
+
+    Subnormals make x86 arithmetic many times slower, and training a transducer produces ever more of
+    them as it grows confident: the medication recipe's baseline went from 12 to 25 s per 50 steps over
+    9 epochs. The flag is per thread, and OpenMP's worker threads copy it from the main thread only when
+    they start, at torch's first parallel operation: set it before any torch work (``synthasr train``
+    does) to flush in every thread. :func:`fit` sets it for its own thread when it is off."""
+    return float(torch.tensor([1e-40]) * 1.0) == 0.0  # one element: computed on this thread
+
+
 def fit(
     cfg: TrainConfig,
     exp_dir: PathLike,
@@ -761,10 +772,7 @@ def fit(
         torch.cuda.set_device(device)  # NCCL collectives (all_gather_object) use the current device
     exp_dir.mkdir(parents=True, exist_ok=True)
     handler = _setup_file_logging(exp_dir, info)
-    # Subnormal floats make x86 CPU arithmetic many times slower; training produces ever more of them as
-    # the transducer grows confident (the medication recipe's baseline went from 12 to 25 s per 50 steps
-    # over 9 epochs; resumed at step 1400 with flushing: 10 s, same loss to 6 digits). Flushed to zero.
-    flushing = device.type == "cpu" and torch.set_flush_denormal(True)
+    flushing = device.type == "cpu" and not flushes_subnormals() and torch.set_flush_denormal(True)
     try:
         if cfg.amp != "none" and device.type != "cuda":
             log.warning("amp=%s ignored: mixed precision is used on CUDA only", cfg.amp)
@@ -774,7 +782,7 @@ def fit(
         return trainer.run()
     finally:
         if flushing:
-            torch.set_flush_denormal(False)  # the process default again
+            torch.set_flush_denormal(False)  # as it was before fit()
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
