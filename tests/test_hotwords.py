@@ -149,8 +149,9 @@ def test_greedy_max_symbols_per_frame():
 
 
 def test_docs_recommend_only_the_measured_hotword_score():
-    """README/docs examples and the API/CLI default use the score the recipe measured
-    (conf/default.yaml decode.hotword_score: 0.5; 2.0 raised WER on every set)."""
+    """README/docs examples use the API/CLI default, the score measured for the default search (beam 4,
+    no LM: 0.5; 2.0 raised WER on every set). The recipe's decode.hotword_score goes with its LM and
+    wide beam (1.0 at beam 24, chosen on its dev sets) and must be documented as such."""
     import inspect
     import re
     from pathlib import Path
@@ -160,11 +161,14 @@ def test_docs_recommend_only_the_measured_hotword_score():
     from synthasr.decode.bundle import ASRBundle
 
     repo = Path(__file__).resolve().parents[1]
-    measured = yaml.safe_load((repo / "recipes/medication/conf/default.yaml").read_text())["decode"]["hotword_score"]
     api_default = inspect.signature(ASRBundle.transcribe).parameters["hotword_score"].default
+    assert api_default == 0.5
     found = []
     for path in [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]:
         for m in re.finditer(r"hotword_score=([0-9.]+)|--hotword-score ([0-9.]+)", path.read_text()):
             found.append((path.name, float(m.group(1) or m.group(2))))
-    assert api_default == measured
-    assert found and all(v == measured for _, v in found), found
+    assert found and all(v == api_default for _, v in found), found
+    decode = yaml.safe_load((repo / "recipes/medication/conf/default.yaml").read_text())["decode"]
+    if decode["hotword_score"] != api_default:  # the recipe's own value needs its LM and beam stated
+        doc = (repo / "docs/configuration.md").read_text()
+        assert f"`default.yaml`: {decode['hotword_score']}" in doc and decode["lm"]["order"] > 0
