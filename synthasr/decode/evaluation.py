@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -109,7 +109,8 @@ def encode_cuts(model, cuts, device: Union[str, torch.device] = "cpu", max_durat
 
     Cuts are batched shortest first: padding a batch to its longest cut is what costs (general_real,
     0.6-25 s cuts: 27.8 s to encode in input order, 9.7 s sorted, the same hypotheses). Each row keeps
-    its input position so :func:`search_encoded` returns results in input order."""
+    its input position so :func:`search_encoded` returns results in input order. The outputs stay in
+    memory: frames/s x encoder width x 4 bytes (Whisper tiny.en at 25 frames/s: about 140 MB an hour)."""
     from lhotse import CutSet
     from lhotse.dataset import SimpleCutSampler
     from tqdm import tqdm
