@@ -338,3 +338,8 @@ def test_lm_fusion_through_bundle_and_cli(assets, bundle, tmp_path):
     assert result.exit_code != 0 and "other.arpa:" in result.output and "not in the BPE model" in result.output
     result = CliRunner().invoke(cli, cmd + [str(arpa), str(assets["wav"])])
     assert result.exit_code == 0 and result.output.startswith(f"{assets['wav']}\t")
+    # The internal-LM correction only means something with an external LM.
+    with pytest.raises(ValueError, match="ilm_scale needs lm"):
+        bundle.transcribe(assets["wav"], ilm_scale=0.1)
+    result = CliRunner().invoke(cli, ["decode", "--model", str(assets["ckpt"]), "--ilm-scale", "0.1", str(assets["wav"])])
+    assert result.exit_code == 2 and "--ilm-scale needs --lm" in result.output

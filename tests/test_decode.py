@@ -109,16 +109,22 @@ def _cuts_with_audio(tmp_path, texts):
     return CutSet.from_cuts(cuts)
 
 
-def test_evaluate_writes_icefall_results(tmp_path):
-    from synthasr.decode.evaluation import decode_cuts, evaluate
-    from synthasr.score import compute_wer
-    from synthasr.tokenizer import train_bpe, Tokenizer
+def _tiny_model_and_cuts(tmp_path):
+    """Three medication sentences: a BPE over them, a random tiny model, cuts of noise 1-1.5 s long."""
+    from synthasr.tokenizer import Tokenizer, train_bpe
 
     texts = ["take amoxicillin twice daily", "the patient needs ibuprofen", "call the doctor tomorrow"]
     tok = Tokenizer.load(train_bpe(texts * 3, tmp_path / "lang", vocab_size=30, hard_vocab_limit=False))
     torch.manual_seed(0)
     model = build_model({"preset": "tiny", "vocab_size": tok.vocab_size})
-    cuts = _cuts_with_audio(tmp_path, texts)
+    return texts, tok, model, _cuts_with_audio(tmp_path, texts)
+
+
+def test_evaluate_writes_icefall_results(tmp_path):
+    from synthasr.decode.evaluation import decode_cuts, evaluate
+    from synthasr.score import compute_wer
+
+    texts, tok, model, cuts = _tiny_model_and_cuts(tmp_path)
 
     results = decode_cuts(model, tok, cuts, progress=False)
     assert sorted(r[0] for r in results) == ["utt0", "utt1", "utt2"]
@@ -139,13 +145,8 @@ def test_evaluate_writes_icefall_results(tmp_path):
 def test_evaluate_decodings_encodes_each_set_once_and_matches_separate_decodes(tmp_path):
     from synthasr.decode.context_graph import ContextGraph
     from synthasr.decode.evaluation import Decoding, EvaluateError, decode_cuts, evaluate, evaluate_decodings
-    from synthasr.tokenizer import Tokenizer, train_bpe
 
-    texts = ["take amoxicillin twice daily", "the patient needs ibuprofen", "call the doctor tomorrow"]
-    tok = Tokenizer.load(train_bpe(texts * 3, tmp_path / "lang", vocab_size=30, hard_vocab_limit=False))
-    torch.manual_seed(0)
-    model = build_model({"preset": "tiny", "vocab_size": tok.vocab_size})
-    cuts = _cuts_with_audio(tmp_path, texts)
+    texts, tok, model, cuts = _tiny_model_and_cuts(tmp_path)
     graph = ContextGraph.from_phrases(["amoxicillin:3.0"], tok)
     plan = [Decoding("greedy"), Decoding("beam", "modified_beam_search", 2),
             Decoding("beam-hotwords", "modified_beam_search", 2, context_graph=graph)]

@@ -337,37 +337,35 @@ if should_run 9 decode; then
              --ilm-scale "$(conf decode.lm.ilm_scale 0.0)")
     decodings+=(lm lm-hotwords)
   fi
-  # decode_sets STAGE DECODING... : the stage's model on every eval set, one encoder pass per set; results
-  # are named <method>[-lm][-hotwords]. Synthetic sets are also scored per TTS engine.
-  decode_sets() {
-    local model_stage=$1 d part synthetic=() wanted=(); shift
-    for d in "$@"; do wanted+=(--decoding "$d"); done
-    for part in "${parts[@]}"; do
-      [ "$part" = general_real ] && continue
-      synthetic+=(--cuts "$data/fbank/${part}_cuts_fbank.jsonl.gz" --name "$part")
-    done
-    synthasr evaluate --model "$exp/$model_stage/final.pt" "${synthetic[@]}" --out-dir "$exp/$model_stage/decode_biasing" \
-      --method "$method" --beam-size "$(conf decode.beam_size 4)" --suffix "$method" "${wanted[@]}" \
-      "${hotword_args[@]}" "${lm_args[@]}" "${terms[@]}" --breakdown engine
-    if [[ " ${parts[*]} " == *" general_real "* ]]; then
-      synthasr evaluate --model "$exp/$model_stage/final.pt" --cuts "$data/fbank/general_real_cuts_fbank.jsonl.gz" \
-        --name general_real --out-dir "$exp/$model_stage/decode_biasing" --method "$method" \
-        --beam-size "$(conf decode.beam_size 4)" --suffix "$method" "${wanted[@]}" \
-        "${hotword_args[@]}" "${lm_args[@]}" "${terms[@]}"
-    fi
+  # evaluate_model STAGE ARGS...: the stage's model on the given sets with the given --decoding's (each set
+  # encoded once); results are named <method>[-lm][-hotwords], with name recall (seen/unseen) for all.
+  evaluate_model() {
+    local model_stage=$1; shift
+    synthasr evaluate --model "$exp/$model_stage/final.pt" --out-dir "$exp/$model_stage/decode_biasing" \
+      --method "$method" --beam-size "$(conf decode.beam_size 4)" --suffix "$method" \
+      "${hotword_args[@]}" "${lm_args[@]}" "${terms[@]}" "$@"
   }
-  for model_stage in "$baseline_stage" "$final_stage"; do decode_sets "$model_stage" "${decodings[@]}"; done
+  wanted=(); for d in "${decodings[@]}"; do wanted+=(--decoding "$d"); done
+  synthetic=()  # synthetic sets are also scored per TTS engine; general_real has no engine tag
+  for part in "${parts[@]}"; do
+    [ "$part" = general_real ] || synthetic+=(--cuts "$data/fbank/${part}_cuts_fbank.jsonl.gz" --name "$part")
+  done
+  for model_stage in "$baseline_stage" "$final_stage"; do
+    evaluate_model "$model_stage" "${synthetic[@]}" "${wanted[@]}" --breakdown engine
+    if [[ " ${parts[*]} " == *" general_real "* ]]; then
+      evaluate_model "$model_stage" --cuts "$data/fbank/general_real_cuts_fbank.jsonl.gz" --name general_real \
+        "${wanted[@]}"
+    fi
+  done
   # Leave-one-engine-out ablations, decoded as the recipe ships: their per-engine name recall on the
   # medication sets is the transfer measure (RESULTS.md's cross-engine table).
   shipped=$(conf results.shipped_decoding "")
   shipped_decoding=plain; [ "$shipped" = "$method" ] || shipped_decoding=${shipped#"$method"-}
   for model_stage in $(conf results.leave_one_engine_out ""); do
     if [ -z "$shipped" ] || [ ! -f "$exp/$model_stage/final.pt" ]; then continue; fi
-    synthasr evaluate --model "$exp/$model_stage/final.pt" --out-dir "$exp/$model_stage/decode_biasing" \
-      --cuts "$data/fbank/med_test_cuts_fbank.jsonl.gz" --name med_test \
+    evaluate_model "$model_stage" --cuts "$data/fbank/med_test_cuts_fbank.jsonl.gz" --name med_test \
       --cuts "$data/fbank/med_test_unseen_cuts_fbank.jsonl.gz" --name med_test_unseen \
-      --method "$method" --beam-size "$(conf decode.beam_size 4)" --suffix "$method" --decoding "$shipped_decoding" \
-      "${hotword_args[@]}" "${lm_args[@]}" "${terms[@]}" --breakdown engine
+      --decoding "$shipped_decoding" --breakdown engine
   done
   if [ "$(conf peer.enabled false)" = true ]; then
     # The peer row: Whisper tiny.en (faster-whisper) on the same audio, plain and biased with the names.

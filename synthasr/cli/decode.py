@@ -36,6 +36,8 @@ def _fusion(bundle, lm_path: Optional[str], scale: float, token_bonus: float, il
     from synthasr.lm.ngram import NgramError
 
     if lm_path is None:
+        if ilm_scale:
+            raise click.UsageError("--ilm-scale needs --lm (it corrects the external LM's fusion)")
         return None
     try:
         return ShallowFusion(bundle.language_model(lm_path), scale, token_bonus, ilm_scale)

@@ -118,6 +118,8 @@ class ASRBundle:
         if context_graph is None and hotwords:
             context_graph = self.context_graph(hotwords, hotword_score)
         fusion = None
+        if lm is None and ilm_scale:
+            raise ValueError("ilm_scale needs lm: it corrects the external LM's fusion")
         if lm is not None:
             from synthasr.decode.search import ShallowFusion
 

@@ -195,7 +195,9 @@ def evaluate_decodings(model, tokenizer, cuts, out_dir: Union[str, Path], test_s
     from synthasr.data.tags import TagError, tag_values
 
     suffixes = [d.suffix for d in decodings]
-    if not decodings or len(set(suffixes)) != len(suffixes):
+    if not decodings:
+        raise EvaluateError(f"{test_set_name}: no decoding to run")
+    if len(set(suffixes)) != len(suffixes):
         raise EvaluateError(f"{test_set_name}: decodings need distinct result names, got {suffixes}")
     group_of = None
     if breakdown is not None:

@@ -222,14 +222,19 @@ def parse_sets(values: Sequence[str]) -> Dict[str, Path]:
     return sets
 
 
+def unknown_bias_set(sets: Dict[str, Path], bias_sets: Sequence[str]) -> Optional[str]:
+    """The first ``--bias-set`` name that is not a ``--cuts`` set (None when all are)."""
+    return next((b for b in bias_sets if b not in sets), None)
+
+
 def run(sets: Dict[str, Path], out_dir: Path, hotwords_file: Optional[Path], bias_key: str, model_dir: str,
         compute_type: str, threads: int, beam_size: int, limit: Optional[int], terms: Optional[TermList] = None,
         log=print, bias_sets: Sequence[str] = ()) -> dict:
     """Decode every set plainly and, with ``hotwords_file``, biased too: on ``bias_sets`` only when
     given (the biased setting is about the names; on general speech it only measures false alarms)."""
-    unknown = [b for b in bias_sets if b not in sets]
+    unknown = unknown_bias_set(sets, bias_sets)
     if unknown:
-        raise PeerError(f"--bias-set {unknown[0]}: not one of the --cuts sets ({', '.join(sets)})")
+        raise PeerError(f"--bias-set {unknown}: not one of the --cuts sets ({', '.join(sets)})")
     model_dir = find_model_dir(model_dir)
     cutsets = {name: load_cuts(path) for name, path in sets.items()}  # fail on a bad path before decoding
     if limit:
@@ -307,9 +312,9 @@ def main(cuts: Tuple[str, ...], out_dir: Path, hotwords_file: Optional[Path], bi
          terms_group_column: Optional[int], bias_sets: Tuple[str, ...], optional: bool) -> None:
     """Whisper tiny.en peer row on the recipe's test sets (offline, CPU)."""
     sets = parse_sets(cuts)
-    unknown = [b for b in bias_sets if b not in sets]
+    unknown = unknown_bias_set(sets, bias_sets)
     if unknown:
-        raise click.BadParameter(f"{unknown[0]!r} is not one of the --cuts sets ({', '.join(sets)})",
+        raise click.BadParameter(f"{unknown!r} is not one of the --cuts sets ({', '.join(sets)})",
                                  param_hint="--bias-set")
     if terms_group_column is not None and terms_file is None:
         raise click.UsageError("--terms-group-column needs --terms")
