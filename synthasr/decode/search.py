@@ -8,6 +8,7 @@ network runs only on the rows/hypotheses that emitted a symbol. Joiner inputs ar
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -78,10 +79,34 @@ def greedy_search(model, encoder_out: torch.Tensor, encoder_out_lens: torch.Tens
 @dataclass
 class _Hyp:
     ys: Tuple[int, ...]
-    log_prob: torch.Tensor  # scalar: transducer score, plus hotword boosts and LM fusion scores so far
+    log_prob: float  # transducer score, plus hotword boosts and LM fusion scores so far
     row: int  # row of this hypothesis in the frame's batched decoder state / projection
     context_state: Optional[ContextState] = None
     lm_state: Tuple[int, ...] = ()  # the external LM's history (shallow fusion)
+
+
+def _log_add(a: float, b: float) -> float:
+    """log(exp(a) + exp(b)) without overflow (two paths to the same token sequence merge)."""
+    if a < b:
+        a, b = b, a
+    return a if b == -math.inf else a + math.log1p(math.exp(b - a))
+
+
+def _frame_top_k(log_probs: torch.Tensor, counts: List[int], k: int) -> Tuple[List[List[float]], List[List[int]]]:
+    """Per beam, the ``k`` best (hypothesis, token) pairs of its rows of ``log_probs`` (H, V) in one top-k:
+    beams are padded to the longest with -inf. Returns Python lists (scores, flat ``row * V + token``)."""
+    n_beams, vocab, longest = len(counts), log_probs.size(1), max(counts)
+    if all(c == longest for c in counts):
+        padded = log_probs.view(n_beams, longest * vocab)
+    else:
+        beam_of_row = torch.repeat_interleave(torch.arange(n_beams), torch.tensor(counts))
+        starts = torch.tensor([0] + counts[:-1]).cumsum(0)
+        slot_of_row = torch.arange(log_probs.size(0)) - starts.repeat_interleave(torch.tensor(counts))
+        padded = log_probs.new_full((n_beams, longest, vocab), -math.inf)
+        padded[beam_of_row.to(log_probs.device), slot_of_row.to(log_probs.device)] = log_probs
+        padded = padded.view(n_beams, longest * vocab)
+    scores, idx = padded.topk(min(k, longest * vocab), dim=1)
+    return scores.tolist(), idx.tolist()
 
 
 @torch.inference_mode()
@@ -94,7 +119,11 @@ def modified_beam_search(model, encoder_out: torch.Tensor, encoder_out_lens: tor
     matches are cancelled when they fail and at the end (``ContextGraph.finalize``). ``unk_id`` is
     treated like blank, as in :func:`greedy_search`.
 
-    ``fusion`` (a :class:`ShallowFusion`) adds an external token LM's scores."""
+    ``fusion`` (a :class:`ShallowFusion`) adds an external token LM's scores.
+
+    Per frame the joiner, the LM scores and the top-k over every beam are single tensor operations;
+    the per-hypothesis bookkeeping (merging, hotword and LM states) works on Python numbers.
+    """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     batch = encoder_out.size(0)
@@ -110,38 +139,38 @@ def modified_beam_search(model, encoder_out: torch.Tensor, encoder_out_lens: tor
     dec_proj = joiner.decoder_proj(dec_out)
     start_ctx = context_graph.root if context_graph is not None else None
     start_lm = fusion.lm.start() if fusion is not None else ()
-    zero = torch.zeros((), device=device)
-    beams: List[List[_Hyp]] = [[_Hyp((), zero, row=b, context_state=start_ctx, lm_state=start_lm)]
+    beams: List[List[_Hyp]] = [[_Hyp((), 0.0, row=b, context_state=start_ctx, lm_state=start_lm)]
                                for b in range(batch)]
 
     for t in range(sorted_lens[0] if sorted_lens else 0):
         n_active = _active_count(sorted_lens, t)
         active = beams[:n_active]
         flat = [h for beam in active for h in beam]
+        counts = [len(beam) for beam in active]
         rows = torch.tensor([h.row for h in flat], device=device)
-        counts = torch.tensor([len(beam) for beam in active], device=device)
-        enc_t = enc_proj[:n_active, t].repeat_interleave(counts, dim=0)
-        log_probs = joiner(enc_t, dec_proj.index_select(0, rows), project_input=False).log_softmax(dim=-1)
-        log_probs = log_probs + torch.stack([h.log_prob for h in flat]).unsqueeze(1)  # (H, V)
+        enc_t = enc_proj[:n_active, t].repeat_interleave(torch.tensor(counts, device=device), dim=0)
+        hyp_dec_proj = dec_proj.index_select(0, rows)
+        log_probs = joiner(enc_t, hyp_dec_proj, project_input=False).log_softmax(dim=-1)
+        log_probs += torch.tensor([h.log_prob for h in flat], dtype=log_probs.dtype, device=device).unsqueeze(1)
         if fusion is not None:
-            log_probs = log_probs + fusion.token_scores(flat, silent, log_probs.size(1), device)
+            log_probs += fusion.token_scores(flat, silent, log_probs.size(1), device)
             if fusion.ilm_scale:
-                log_probs = log_probs - fusion.ilm_scale * _internal_lm(joiner, dec_proj.index_select(0, rows), silent)
+                log_probs -= fusion.ilm_scale * _internal_lm(joiner, hyp_dec_proj, silent)
         vocab = log_probs.size(1)
+        top_scores, top_idx = _frame_top_k(log_probs, counts, beam_size)
 
         new_beams, parents, emit_tokens, emit_slots = [], [], [], []
-        offset = 0
-        for beam in active:
-            scores = log_probs[offset: offset + len(beam)].reshape(-1)
-            top_scores, top_idx = scores.topk(min(beam_size, scores.numel()))
+        for beam, scores, indices in zip(active, top_scores, top_idx):
             merged: dict = {}
-            for score, idx in zip(top_scores, top_idx.tolist()):
-                parent = beam[idx // vocab]
-                token = idx % vocab
+            for score, idx in zip(scores, indices):
+                slot, token = divmod(idx, vocab)
+                if slot >= len(beam):  # padding of a shorter beam (only reached when scores are -inf)
+                    continue
+                parent = beam[slot]
                 new_hyp = _extend(parent, token, score, silent, context_graph, fusion)
                 existing = merged.get(new_hyp.ys)
                 if existing is not None:
-                    existing.log_prob = torch.logaddexp(existing.log_prob, new_hyp.log_prob)
+                    existing.log_prob = _log_add(existing.log_prob, new_hyp.log_prob)
                     continue
                 merged[new_hyp.ys] = new_hyp
                 parents.append(parent.row)
@@ -149,7 +178,6 @@ def modified_beam_search(model, encoder_out: torch.Tensor, encoder_out_lens: tor
                     emit_tokens.append(token)
                     emit_slots.append(len(parents) - 1)
             new_beams.append(list(merged.values()))
-            offset += len(beam)
 
         # Row i of the next frame's state is new hypothesis i; it inherits its parent's decoder state
         # and emitting hypotheses take one decoder step. Finished utterances (a suffix of the sorted
@@ -203,12 +231,15 @@ class ShallowFusion:
             raise ValueError(f"internal LM scale must be >= 0, got {self.ilm_scale}")
 
     def token_scores(self, hyps: Sequence[_Hyp], silent: set, vocab: int, device) -> torch.Tensor:
+        """(H, V) fusion scores; hypotheses sharing an LM history (most of a beam) share one LM row."""
         if self.lm.vocab_size != vocab:
             raise ValueError(f"the LM has {self.lm.vocab_size} tokens, the model {vocab}: built with another BPE model")
-        scores = torch.stack([self.lm.log_probs(h.lm_state)[:vocab] for h in hyps]).to(device) * self.scale
-        scores += self.token_bonus
-        scores[:, sorted(silent)] = 0.0
-        return scores
+        row_of: dict = {}
+        rows = [row_of.setdefault(h.lm_state, len(row_of)) for h in hyps]
+        table = torch.stack([self.lm.log_probs(state)[:vocab] for state in row_of]).to(device)
+        table = table * self.scale + self.token_bonus
+        table[:, sorted(silent)] = 0.0
+        return table.index_select(0, torch.tensor(rows, device=device))
 
     def final_score(self, h: _Hyp) -> float:
         from synthasr.lm.ngram import SOS_EOS_ID
@@ -227,7 +258,7 @@ def _internal_lm(joiner, dec_proj: torch.Tensor, silent: set) -> torch.Tensor:
     return ilm
 
 
-def _extend(parent: _Hyp, token: int, score: torch.Tensor, silent: set,
+def _extend(parent: _Hyp, token: int, score: float, silent: set,
             context_graph: Optional[ContextGraph], fusion: Optional[ShallowFusion] = None) -> _Hyp:
     """Child of ``parent`` after emitting ``token`` (blank or unk: same sequence) with total ``score``."""
     if token in silent:
@@ -235,7 +266,7 @@ def _extend(parent: _Hyp, token: int, score: torch.Tensor, silent: set,
     context_state = parent.context_state
     if context_graph is not None:
         boost, context_state = context_graph.forward_one_step(context_state, token)
-        score = score + boost
+        score += boost
     lm_state = fusion.lm.advance(parent.lm_state, token) if fusion is not None else parent.lm_state
     return _Hyp(parent.ys + (token,), score, row=-1, context_state=context_state, lm_state=lm_state)
 
