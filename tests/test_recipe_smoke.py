@@ -161,3 +161,25 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "stage numbers must be non-negative integers" in proc.stderr
     proc = _run([str(RECIPE / "run.sh"), "--help"], cwd=tmp_path, timeout=60)
     assert proc.returncode == 0 and "11   report" in proc.stdout
+
+
+@pytest.mark.parametrize("shipped, lm_order, error", [
+    ("modified_beam_search-lm-hotwords", 4, None),
+    ("modified_beam_search-hotwords", 0, None),
+    ("modified_beam_search-lm-hotwords", 0, "needs an LM, but decode.lm.order is 0"),
+    ("modified_beam_search-lm-typo", 4, "results.shipped_decoding: expected one of"),
+])
+def test_config_check_names_the_shipped_decoding_keys(tmp_path: Path, shipped: str, lm_order: int,
+                                                      error: str | None) -> None:
+    """A shipped decoding stage 9 cannot produce fails the config check up front, naming the keys, instead
+    of an evaluate error after an hour of training."""
+    config = tmp_path / "c.yaml"
+    config.write_text("schedule: conf/schedule/smoke.yaml\nstages: {baseline: [general]}\n"
+                      f"decode: {{lm: {{order: {lm_order}}}}}\n"
+                      f"results: {{final_stage: general, shipped_decoding: {shipped}}}\n")
+    proc = _run([sys.executable, str(RECIPE / "local" / "conf.py"), "--check", str(config)], cwd=RECIPE, timeout=60)
+    if error is None:
+        assert proc.returncode == 0, proc.stderr
+    else:
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1 and error in lines[0] and str(config) in lines[0], lines

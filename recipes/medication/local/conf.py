@@ -186,7 +186,22 @@ def load(path: str) -> RecipeConfig:
     lm = cfg.decode.lm
     if not 0 <= lm.order <= 10 or lm.scale < 0:
         raise ValueError(f"{path}: decode.lm: order must be 0..10 and scale >= 0, got order {lm.order}, scale {lm.scale}")
+    _check_shipped_decoding(path, cfg)
     return cfg
+
+
+def _check_shipped_decoding(path: str, cfg: RecipeConfig) -> None:
+    """results.shipped_decoding names a stage 9 result (``modified_beam_search[-lm][-hotwords]``); one with
+    ``-lm`` needs the LM that stage 9 only builds when ``decode.lm.order`` > 0."""
+    shipped = cfg.results.shipped_decoding
+    if not shipped:
+        return
+    valid = [f"modified_beam_search{suffix}" for suffix in ("", "-hotwords", "-lm", "-lm-hotwords")]
+    if shipped not in valid:
+        raise ValueError(f"{path}: results.shipped_decoding: expected one of {valid}, got {shipped!r}")
+    if "-lm" in shipped and cfg.decode.lm.order == 0:
+        raise ValueError(f"{path}: results.shipped_decoding {shipped!r} needs an LM, but decode.lm.order is 0 "
+                         f"(set decode.lm.order, e.g. 4, or ship a decoding without -lm)")
 
 
 def check(path: str) -> int:
