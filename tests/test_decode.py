@@ -194,3 +194,21 @@ def test_evaluate_uses_precomputed_features(tmp_path):
     torch.manual_seed(0)
     model = build_model({"preset": "tiny", "vocab_size": 10})
     assert len(decode_cuts(model, _Tok(), with_feats, progress=False)) == 2
+
+
+def test_supervision_rows_are_named_within_their_cut_not_their_batch():
+    """Two cuts of two supervisions each: rows are <cut>-0, <cut>-1 whatever else shares the batch."""
+    from types import SimpleNamespace
+
+    from synthasr.decode.evaluation import _supervision_batch
+
+    def batch(cuts):
+        sup = {"sequence_idx": torch.tensor([i for i, _ in enumerate(cuts) for _ in range(2)]),
+               "start_frame": torch.tensor([0, 10] * len(cuts)), "num_frames": torch.tensor([10, 8] * len(cuts)),
+               "cut": [c for c in cuts for _ in range(2)], "text": [f"{c.id} {j}" for c in cuts for j in range(2)]}
+        return {"inputs": torch.randn(len(cuts), 20, 4), "supervisions": sup}
+
+    a, b = (SimpleNamespace(id=name, supervisions=[None, None]) for name in ("a", "b"))
+    _, lens, ids, refs, cut_ids = _supervision_batch(batch([a, b]))
+    assert ids == ["a-0", "a-1", "b-0", "b-1"] and cut_ids == ["a", "a", "b", "b"] and lens.tolist() == [10, 8] * 2
+    assert _supervision_batch(batch([b]))[2] == ["b-0", "b-1"]

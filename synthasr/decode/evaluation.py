@@ -49,16 +49,21 @@ def _resample_cut(cut, rate: int):
 
 
 def _supervision_batch(batch: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor, List[str], List[str], List[str]]:
-    """Slice each supervision's frames out of the batch (one row per supervision); also each row's cut id."""
+    """Slice each supervision's frames out of the batch (one row per supervision); also each row's cut id.
+
+    A cut with several supervisions names its rows ``<cut id>-<n>``, n counted within the cut (a cut is
+    never split across batches), so the names do not depend on how cuts were batched."""
     inputs = batch["inputs"]
     sup = batch["supervisions"]
     rows, lens, ids, refs, cut_ids = [], [], [], [], []
+    seen_in_cut: Dict[str, int] = {}
     for k, seq in enumerate(sup["sequence_idx"].tolist()):
         start, num = int(sup["start_frame"][k]), int(sup["num_frames"][k])
         rows.append(inputs[seq, start: start + num])
         lens.append(num)
         cut = sup["cut"][k]
-        ids.append(cut.id if len(cut.supervisions) <= 1 else f"{cut.id}-{k}")
+        n = seen_in_cut[cut.id] = seen_in_cut.get(cut.id, -1) + 1
+        ids.append(cut.id if len(cut.supervisions) <= 1 else f"{cut.id}-{n}")
         refs.append(sup["text"][k] or "")
         cut_ids.append(cut.id)
     x = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
