@@ -151,7 +151,7 @@ def test_greedy_max_symbols_per_frame():
 def test_docs_recommend_only_the_measured_hotword_score():
     """README/docs examples use the API/CLI default, the score measured for the default search (beam 4,
     no LM: 0.5; 2.0 raised WER on every set). The recipe's decode.hotword_score goes with its LM and
-    wide beam (1.0 at beam 24, chosen on its dev sets) and must be documented as such."""
+    wide beam (1.0 at beam 32, chosen on its dev sets) and must be documented as such."""
     import inspect
     import re
     from pathlib import Path
