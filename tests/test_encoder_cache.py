@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from lhotse import CutSet
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train_support import make_tone_cuts, tiny_train_config, train_tokenizer  # noqa: E402
@@ -251,7 +252,14 @@ BAD_STAGES = {
     "top_layers": ({"freeze": {"encoder_layers_trainable": 1}},
                    r"stages\[1\] \(adapt\)\.encoder_cache: needs the whole encoder frozen .* encoder\.layers\.1"),
     "augmented": ({"augment": {"med": {"speed": [0.9, 1.1]}}},
-                  r"stages\[1\] \(adapt\)\.augment\.med: audio augmentation cannot be replayed"),
+                  r"stages\[1\] \(adapt\)\.augment\.med: audio augmentation cannot be drawn per epoch .*"
+                  r"\(augment_copies: N\)"),
+    "copies_without_cache": ({"encoder_cache": False, "augment_copies": 2, "augment": {"med": {"speed": [0.9, 1.1]}},
+                              "freeze": {"encoder_layers_trainable": 1}},
+                             r"stages\[1\] \(adapt\)\.augment_copies: needs encoder_cache: true"),
+    "copies_of_nothing": ({"augment_copies": 2},
+                          r"stages\[1\] \(adapt\)\.augment_copies: no source of this stage has an augmentation"),
+    "negative_copies": ({"augment_copies": -1}, r"stages\[1\] \(adapt\)\.augment_copies: must be >= 0, got -1"),
     "spec_augment": ({"train": {"data": {"spec_augment": {"enabled": True}}}},
                      r"stages\[1\] \(adapt\)\.train\.data\.spec_augment: SpecAugment cannot apply"),
     "too_many_layers": ({"encoder_cache": False, "freeze": {"encoder_layers_trainable": 5}},
@@ -284,3 +292,58 @@ def test_schedule_stage_trains_from_the_cache_and_keeps_the_encoder(schedule_cor
     caches = sorted((tmp_path / "exp" / "encoder_cache").glob("*/*/" + MANIFEST_FILE))
     assert [p.parts[-3] for p in caches] == ["general", "med"]
     assert np.isfinite(result.stages[1].results["test"]["wer"])  # evaluated with the full model from features
+
+
+class _Louder:
+    """An encode view: the cut played louder (a transform, so features are computed on the fly)."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+
+    def __call__(self, cut):
+        return cut.perturb_volume(self.factor)
+
+
+def test_encode_view_stores_what_the_encoder_hears_under_the_cuts_own_id(corpus, tmp_path):
+    cuts, tok = corpus
+    model = _frozen_model(tok)
+    clean = build_encoder_cache(model, cuts, tmp_path / "clean", on_the_fly_features=True)
+    louder = build_encoder_cache(model, cuts, tmp_path / "view", encode_view=_Louder(3.0))
+    assert [c.id for c in louder] == [c.id for c in cuts]
+    assert [c.supervisions[0].text for c in louder] == [c.supervisions[0].text for c in cuts]
+    heard = CutSet.from_cuts(c.perturb_volume(3.0) for c in cuts)
+    direct = build_encoder_cache(model, heard, tmp_path / "direct", on_the_fly_features=True)
+    for a, b, c in zip(louder, direct, clean):
+        np.testing.assert_array_equal(load_encoder_out(a), load_encoder_out(b))
+        assert not np.allclose(load_encoder_out(a), load_encoder_out(c), atol=1e-3)
+    build_encoder_cache(model, cuts, tmp_path / "view", encode_view=_Louder(3.0))
+    assert len(_ledger_ids(tmp_path / "view")) == len(cuts)  # same view: resumed, nothing recomputed
+    changed = build_encoder_cache(model, cuts, tmp_path / "view", encode_view=_Louder(0.5))
+    assert len(_ledger_ids(tmp_path / "view")) == 2 * len(cuts)  # another view: every cut recomputed
+    quieter = build_encoder_cache(model, CutSet.from_cuts(c.perturb_volume(0.5) for c in cuts), tmp_path / "q",
+                                  on_the_fly_features=True)
+    for a, b in zip(changed, quieter):
+        np.testing.assert_array_equal(load_encoder_out(a), load_encoder_out(b))
+
+
+def test_schedule_stage_trains_on_stored_augmented_copies(schedule_corpus, tmp_path):
+    from synthasr.train.schedule import run_schedule
+
+    aug = {"vtlp_prob": 1.0, "speed": [0.9, 1.1]}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(_schedule(schedule_corpus, augment={"med": aug}, augment_copies=2)))
+    result = run_schedule(path, exp_dir=tmp_path / "exp")
+    cache = tmp_path / "exp" / "encoder_cache"
+    med = [c.id for c in CutSet.from_file(schedule_corpus["med"])]
+    copies = CutSet.from_file(next((cache / "med.augmented").glob("*/" + MANIFEST_FILE))).to_eager()
+    assert sorted(c.id for c in copies) == sorted(f"{i}_aug{k}" for i in med for k in (1, 2))
+    clean = CutSet.from_file(next((cache / "med").glob("*/" + MANIFEST_FILE)))
+    by_id = {c.id: load_encoder_out(c) for c in clean}
+    for c in copies:  # each copy is a different draw: never the clean output, never its sibling's
+        out, original = load_encoder_out(c), by_id[c.id.rsplit("_aug", 1)[0]]
+        assert out.shape != original.shape or not np.allclose(out, original, atol=1e-3)
+    pairs = [(load_encoder_out(copies[f"{i}_aug1"]), load_encoder_out(copies[f"{i}_aug2"])) for i in med]
+    assert any(a.shape != b.shape or not np.allclose(a, b, atol=1e-3) for a, b in pairs)
+    base, adapt = (load_checkpoint(s.checkpoint)["model"] for s in result.stages)
+    assert all(torch.equal(base[n], adapt[n]) for n in base if n.startswith("encoder."))
+    assert np.isfinite(result.stages[1].results["test"]["wer"])

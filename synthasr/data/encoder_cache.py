@@ -23,6 +23,11 @@ Layout of ``out_dir``::
 
 A cache built for another encoder or feature config is refused (one-line :class:`EncoderCacheError`)
 instead of being silently reused.
+
+Offline augmentation (Kaldi-style copies): ``encode_view`` maps a cut to what the encoder should hear
+(e.g. an augmented copy, see ``augment_copies`` in :mod:`synthasr.train.schedule`). The stored
+manifest keeps the cut itself, so its tags and transcript are untouched, and the ledger records the
+view's full description: a changed augmentation recomputes exactly the copies it changes.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -157,8 +162,17 @@ def _end_torn_line(path: Path) -> None:
                 f.write(b"\n")
 
 
-def _still_valid(record: Dict[str, Any], cut) -> bool:
-    if record.get("ref") != _features_ref(cut):
+def _view_ref(cut, view) -> str:
+    """The ledger reference of ``cut`` heard as ``view``: its features/audio, plus a digest of the view's
+    manifest form (every transform and its parameters) when the encoder hears something else."""
+    if view is None:
+        return _features_ref(cut)
+    digest = hashlib.sha256(json.dumps(view.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"{_features_ref(cut)}|view:{digest}"
+
+
+def _still_valid(record: Dict[str, Any], ref: str) -> bool:
+    if record.get("ref") != ref:
         return False
     array = record[FIELD]["array"]
     return (Path(array["storage_path"]) / array["storage_key"]).is_file()
@@ -172,6 +186,7 @@ def build_encoder_cache(
     max_duration: float = 200.0,
     device: Union[str, torch.device] = "cpu",
     on_the_fly_features: bool = False,
+    encode_view: Optional[Callable[[Any], Any]] = None,
 ):
     """Store ``model.encoder``'s output for every cut in ``out_dir``; return the cuts with ``encoder_out``.
 
@@ -180,6 +195,9 @@ def build_encoder_cache(
     ``on_the_fly_features``). Each cut keeps its exact encoder length (the stored array's first dim).
     Resumable: cuts already in the progress ledger (same features, file present) are not recomputed.
     The model's train/eval mode and device are restored afterwards.
+
+    ``encode_view(cut)``, when given, is what the encoder hears for ``cut`` (an augmented copy: its
+    features are computed on the fly); the returned cut is still ``cut`` with the view's output.
     """
     from lhotse import CutSet, NumpyFilesWriter
 
@@ -201,17 +219,21 @@ def build_encoder_cache(
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_key(out_dir, key, frame_shift, feature_config)
         done = _read_progress(out_dir)
-        todo = CutSet.from_cuts(c for c in cuts if not (c.id in done and _still_valid(done[c.id], c)))
+        views = {c.id: encode_view(c).with_id(c.id) for c in cuts} if encode_view is not None else {}
+        refs = {c.id: _view_ref(c, views.get(c.id)) for c in cuts}
+        todo = CutSet.from_cuts(c for c in cuts if not (c.id in done and _still_valid(done[c.id], refs[c.id])))
         if len(todo):
             log.info("%s: computing encoder outputs for %d of %d cuts", out_dir, len(todo), len(cuts))
-            dataset = AsrDataset(feature_config=feature_config, on_the_fly_features=on_the_fly_features)
-            sampler = make_sampler(todo.sort_by_duration(), max_duration=max_duration, shuffle=False, seed=0,
+            heard = CutSet.from_cuts(views[c.id] for c in todo) if views else todo
+            dataset = AsrDataset(feature_config=feature_config,
+                                 on_the_fly_features=on_the_fly_features or encode_view is not None)
+            sampler = make_sampler(heard.sort_by_duration(), max_duration=max_duration, shuffle=False, seed=0,
                                    bucketing=False)
             writer = NumpyFilesWriter(out_dir / "encoder_out")
             _end_torn_line(out_dir / PROGRESS_FILE)
             with open(out_dir / PROGRESS_FILE, "a", encoding="utf-8") as ledger:
                 for batch in make_loader(dataset, sampler):
-                    records = _encode_batch(encoder, batch, writer, frame_shift, device, todo)
+                    records = _encode_batch(encoder, batch, writer, frame_shift, device, todo, refs)
                     for record in records:
                         done[record["id"]] = record
                         ledger.write(json.dumps(record) + "\n")
@@ -229,7 +251,7 @@ def build_encoder_cache(
 
 
 def _encode_batch(encoder: nn.Module, batch: Dict[str, Any], writer, frame_shift: float, device,
-                  cuts) -> List[Dict[str, Any]]:
+                  cuts, refs: Dict[str, str]) -> List[Dict[str, Any]]:
     """Encode one batch, store each cut's exact-length output as float16; the ledger records."""
     with torch.inference_mode():
         out, out_lens = encoder(batch["features"].to(device), batch["feature_lens"].to(device))
@@ -245,7 +267,7 @@ def _encode_batch(encoder: nn.Module, batch: Dict[str, Any], writer, frame_shift
             raise EncoderCacheError(f"cut {cut_id}: non-finite encoder output (float16 overflow or a bad model)")
         cut = cuts[cut_id]
         stored = writer.store_array(cut_id, array, frame_shift=frame_shift, temporal_dim=0, start=cut.start)
-        records.append({"id": cut_id, "ref": _features_ref(cut), FIELD: stored.to_dict()})
+        records.append({"id": cut_id, "ref": refs[cut_id], FIELD: stored.to_dict()})
     return records
 
 

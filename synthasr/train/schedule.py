@@ -169,6 +169,9 @@ class StageConfig:
     dev: Optional[str] = None
     eval: Optional[List[str]] = None
     encoder_cache: bool = False  # train from stored outputs of the (wholly frozen) encoder
+    # With encoder_cache: the augmented sources' outputs are also stored for this many augmented copies
+    # of every cut (offline, Kaldi-style: drawn once, not per epoch); training mixes clean + copies.
+    augment_copies: int = 0
 
 
 @dataclass
@@ -465,6 +468,13 @@ def _validate_stage(path, where, i, stage, cfg, sources, eval_sets, train_cfg, t
             raise _err(path, f"{where}.augment", f"augmentation for {src!r}, which is not in this stage's data")
     if stage.num_cuts is not None and stage.num_cuts <= 0:
         raise _err(path, f"{where}.num_cuts", f"must be positive, got {stage.num_cuts}")
+    if stage.augment_copies < 0:
+        raise _err(path, f"{where}.augment_copies", f"must be >= 0, got {stage.augment_copies}")
+    if stage.augment_copies and not stage.encoder_cache:
+        raise _err(path, f"{where}.augment_copies", "needs encoder_cache: true (without the cache, augmentation is "
+                   "drawn afresh every epoch; drop augment_copies)")
+    if stage.augment_copies and not _augmented_sources(stage):
+        raise _err(path, f"{where}.augment_copies", "no source of this stage has an augmentation to copy")
 
     if stage.init == "previous":
         if i == 0:
@@ -655,43 +665,81 @@ def _validate_encoder_cache(path: Path, where: str, stage: StageConfig, model, p
     loose = next((n for n in names if not covered(n)), None)
     if loose is not None:
         raise _err(path, key, f"needs the whole encoder frozen (freeze: {{patterns: [encoder]}}), but {loose} is not")
-    for src, weight in stage.data.items():
-        aug = stage.augment.get(src)
-        if weight > 0 and aug is not None and not aug.is_identity:
-            raise _err(path, f"{where}.augment.{src}", "audio augmentation cannot be replayed from encoder_cache; "
-                       "drop it or set encoder_cache: false")
+    for src in _augmented_sources(stage):
+        if not stage.augment_copies:
+            raise _err(path, f"{where}.augment.{src}", "audio augmentation cannot be drawn per epoch from "
+                       "encoder_cache; store augmented copies (augment_copies: N) or set encoder_cache: false")
     if train_cfg.data.spec_augment.enabled:
         raise _err(path, f"{where}.train.data.spec_augment", "SpecAugment cannot apply to stored encoder outputs "
                    "(encoder_cache: true); set enabled: false")
 
 
+def _augmented_sources(stage: StageConfig) -> List[str]:
+    """The stage's sources (weight > 0) with a non-identity augmentation."""
+    return [src for src, weight in stage.data.items()
+            if weight > 0 and src in stage.augment and not stage.augment[src].is_identity]
+
+
 def _encoder_cache_sources(plan: _Plan, stage: StageConfig, model, train_cfg) -> Dict[str, Any]:
     """The stage's sources with the frozen encoder's outputs attached, built (or resumed) once per
-    encoder: ``exp_dir/encoder_cache/<source>/<key>``, so stages sharing a frozen encoder share it."""
+    encoder: ``exp_dir/encoder_cache/<source>/<key>``, so stages sharing a frozen encoder share it.
+
+    A filtered source (``where``) over another source's manifests filters that source's cache. With
+    ``augment_copies``, an augmented source also gets that many augmented copies of every cut
+    (:func:`_augmented_copies`), stored in ``encoder_cache/<source>.augmented/<key>``."""
     import torch
+    from lhotse import CutSet
 
     from synthasr.data.encoder_cache import build_encoder_cache, encoder_cache_key
+    from synthasr.data.tags import select_cuts
 
     key = encoder_cache_key(model, train_cfg.features)[:16]
     device = "cuda" if train_cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
+    augmented = set(_augmented_sources(stage)) if stage.augment_copies else set()
     out = {}
     for name, weight in sorted(stage.data.items()):
-        if weight > 0:
-            log.info("stage %s: encoder outputs of source %s (cache key %s)", stage.name, name, key)
-            parent = _cache_parent(plan, name)
-            if parent is not None:  # a filter over another source's manifests: filter its cache
-                from synthasr.data.tags import select_cuts
-
-                spec = plan.cfg.base.sources[name]
-                full = build_encoder_cache(model, plan.sources[parent], plan.exp_dir / "encoder_cache" / parent / key,
-                                           train_cfg.features, max_duration=train_cfg.data.max_duration,
-                                           device=device, on_the_fly_features=train_cfg.data.on_the_fly_features)
-                out[name] = select_cuts(full, spec.where)
-                continue
-            out[name] = build_encoder_cache(model, plan.sources[name], plan.exp_dir / "encoder_cache" / name / key,
-                                            train_cfg.features, max_duration=train_cfg.data.max_duration,
-                                            device=device, on_the_fly_features=train_cfg.data.on_the_fly_features)
+        if weight <= 0:
+            continue
+        log.info("stage %s: encoder outputs of source %s (cache key %s)", stage.name, name, key)
+        parent = _cache_parent(plan, name) or name  # a filter over another source's manifests: filter its cache
+        cache = lambda cuts, folder, **kw: build_encoder_cache(  # noqa: E731
+            model, cuts, plan.exp_dir / "encoder_cache" / folder / key, train_cfg.features,
+            max_duration=train_cfg.data.max_duration, device=device,
+            on_the_fly_features=train_cfg.data.on_the_fly_features, **kw)
+        cuts = cache(plan.sources[parent], parent)
+        if name in augmented:
+            copies, view = _augmented_copies(plan, stage, name, parent, train_cfg.seed)
+            log.info("stage %s: %d augmented copies of source %s", stage.name, stage.augment_copies, name)
+            stored = cache(copies, f"{parent}.augmented", encode_view=view)
+            cuts = CutSet.from_cuts(list(cuts) + list(stored))
+        spec = plan.cfg.base.sources[name]
+        out[name] = select_cuts(cuts, spec.where) if parent != name else cuts
     return out
+
+
+def _augmented_copies(plan: _Plan, stage: StageConfig, name: str, parent: str, seed: int):
+    """``stage.augment_copies`` renamed copies (``<id>_aug<k>``) of every cut of ``parent``, and the
+    view that augments each with ``name``'s config. The draw is keyed by the copy id and the training
+    seed, not by the stage, so stages with the same augmentation share one set of stored copies."""
+    from lhotse import CutSet
+
+    noise, rirs = _assets(plan, stage)
+    cfg = stage.augment[name]
+    copies = CutSet.from_cuts(c.with_id(f"{c.id}_aug{k}") for k in range(1, stage.augment_copies + 1)
+                              for c in plan.sources[parent])
+    return copies, _AugmentView(cfg, seed, parent, list(noise or []), list(rirs or []))
+
+
+class _AugmentView:
+    """What the encoder hears for a stored augmented copy (picklable, unlike a closure)."""
+
+    def __init__(self, cfg, seed: int, source: str, noise: List, rirs: List) -> None:
+        self.cfg, self.seed, self.source, self.noise, self.rirs = cfg, seed, source, noise, rirs
+
+    def __call__(self, cut):
+        from synthasr.augment import augment_one, augmentation_rng
+
+        return augment_one(cut, self.cfg, augmentation_rng(self.seed, 0, self.source, cut.id), self.noise, self.rirs)
 
 
 def _init_stage_name(cfg: ScheduleConfig, stage: StageConfig, index: int) -> Optional[str]:
@@ -749,7 +797,8 @@ def _stage_cuts(plan: _Plan, stage: StageConfig, seed: int, sources: Optional[Di
         mixed = CutSet(LazyMapper(cuts, fn=_SourceTagger(name)))
     else:
         mixed = mix_sources(used, weights, seed=seed, num_cuts=stage.num_cuts, tag_key=MIX_SOURCE_KEY)
-    configs = {n: stage.augment[n] for n in used if n in stage.augment}
+    # With the encoder cache, augmentation is already in the stored copies (augment_copies).
+    configs = {} if sources is not None else {n: stage.augment[n] for n in used if n in stage.augment}
     return augment_sources(mixed, configs, seed=seed, source_key=MIX_SOURCE_KEY, noise_cuts=noise, rirs=rirs)
 
 
