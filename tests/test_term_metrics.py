@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+from types import SimpleNamespace
 
 import pytest
 
@@ -309,6 +310,40 @@ def test_cli_evaluate_with_terms(tmp_path, monkeypatch):
     assert bad.exit_code != 0 and "names_used.txt:1: no group in tab-separated column 4" in bad.output
     lone = CliRunner().invoke(cli, args + ["--terms-group-column", "3"])
     assert lone.exit_code != 0 and "--terms-group-column needs --terms" in lone.output
+
+
+def test_evaluate_cli_checks_every_set_before_loading_the_model(tmp_path, monkeypatch):
+    """A later set without the --breakdown tag, or an unreadable one, fails before anything is decoded."""
+    from click.testing import CliRunner
+    from lhotse import CutSet
+    from lhotse.testing.dummies import dummy_cut
+
+    import synthasr.cli.decode as cli_decode
+    from synthasr.cli import cli
+
+    _fake_decode(monkeypatch)
+    loads = []
+    monkeypatch.setattr(cli_decode, "_load_bundle", lambda *a: loads.append(a) or SimpleNamespace(
+        model=None, tokenizer=None, feature_config=None))
+    tagged = dummy_cut(0).with_custom("engine", "piper")
+    import synthasr.decode.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "search_encoded", lambda *a, **k: [(tagged.id, "take warfarin", "take warfarin")])
+    CutSet.from_cuts([tagged]).to_file(tmp_path / "tts.jsonl.gz")
+    CutSet.from_cuts([dummy_cut(1)]).to_file(tmp_path / "real.jsonl.gz")
+    (tmp_path / "broken.jsonl.gz").write_bytes(b"not a manifest")
+    args = ["evaluate", "--model", "unused.pt", "--out-dir", str(tmp_path / "res"), "--breakdown", "engine",
+            "--cuts", str(tmp_path / "tts.jsonl.gz"), "--name", "med"]
+    for later, message in ((str(tmp_path / "real.jsonl.gz"), "real (" + str(tmp_path / "real.jsonl.gz") +
+                            "): cannot break results down by 'engine'"),
+                           (str(tmp_path / "broken.jsonl.gz"), "broken.jsonl.gz: cannot read cuts")):
+        out = CliRunner().invoke(cli, args + ["--cuts", later, "--name", "real"])
+        assert out.exit_code != 0 and message in out.output, out.output
+        assert len(out.output.strip().splitlines()) == 1
+    assert not loads and not (tmp_path / "res").exists()  # no model loaded, no set decoded
+    ok = CliRunner().invoke(cli, args)
+    assert ok.exit_code == 0, ok.output
+    assert len(loads) == 1 and "med\t[engine=piper]" in ok.output
 
 
 def test_schedule_base_terms_are_loaded_and_checked_before_training(tmp_path):

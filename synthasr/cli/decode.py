@@ -145,8 +145,6 @@ def evaluate(model_path: str, method: str, beam_size: int, hotwords: Tuple[str, 
 
     Each set is encoded once and searched once per --decoding: the model, the LM and the encoder
     outputs are loaded or computed once for every comparison."""
-    from lhotse import load_manifest_lazy
-
     from synthasr.decode.evaluation import EvaluateError, evaluate_decodings
     from synthasr.score import ScoreError, TermList
 
@@ -166,6 +164,7 @@ def evaluate(model_path: str, method: str, beam_size: int, hotwords: Tuple[str, 
         terms = TermList.from_file(terms_file, terms_group_column) if terms_file else None
     except ScoreError as e:
         raise click.ClickException(str(e)) from None
+    test_sets = [(name, _read_test_set(path, name, breakdown)) for path, name in zip(cuts_paths, test_set_names)]
     bundle = _load_bundle(model_path, device, num_threads)
     graph = _context_graph(bundle, hotword_list, hotword_score)
     fusion = _fusion(bundle, lm_path, lm_scale, lm_token_bonus, ilm_scale)
@@ -173,11 +172,7 @@ def evaluate(model_path: str, method: str, beam_size: int, hotwords: Tuple[str, 
         plan = _decodings(decodings, method, beam_size, graph, fusion, suffix)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-    for cuts_path, test_set_name in zip(cuts_paths, test_set_names):
-        try:
-            cuts = load_manifest_lazy(cuts_path)
-        except Exception as e:  # lhotse raises assorted errors for bad manifests
-            raise click.ClickException(f"{cuts_path}: cannot read cuts: {str(e).splitlines()[0] if str(e) else e}") from None
+    for test_set_name, cuts in test_sets:
         try:
             results = evaluate_decodings(bundle.model, bundle.tokenizer, cuts, out_dir, test_set_name, plan,
                                          device=device, max_duration=max_duration,
@@ -186,6 +181,24 @@ def evaluate(model_path: str, method: str, beam_size: int, hotwords: Tuple[str, 
             raise click.ClickException(str(e)) from None
         for setting, result in results.items():
             _echo_result(test_set_name if len(plan) == 1 else f"{test_set_name} {setting}", result, out_dir, breakdown)
+
+
+def _read_test_set(cuts_path: str, name: str, breakdown: Optional[str]):
+    """One --cuts manifest (lazy), checked before the model loads or any set is decoded: an unreadable
+    manifest, or a set without the --breakdown tag, fails at once instead of after the sets before it."""
+    from lhotse import load_manifest_lazy
+
+    from synthasr.data.tags import TagError, tag_values
+
+    try:
+        cuts = load_manifest_lazy(cuts_path)
+        if breakdown is not None:
+            tag_values(cuts, breakdown)
+    except TagError as e:
+        raise click.ClickException(f"{name} ({cuts_path}): cannot break results down by {breakdown!r}: {e}") from None
+    except Exception as e:  # lhotse raises assorted errors for bad manifests
+        raise click.ClickException(f"{cuts_path}: cannot read cuts: {str(e).splitlines()[0] if str(e) else e}") from None
+    return cuts
 
 
 def _decodings(requested: Sequence[str], method: str, beam_size: int, graph, fusion, suffix: Optional[str]):
