@@ -69,6 +69,44 @@ def test_per_phrase_scores_and_shared_prefix():
     assert total == 4.0  # phrase "5 7" is worth its node score
 
 
+# Word-boundary vocabulary for whole-word tests: 1=▁a 2=▁b 3=c 4=▁d 5=e (3 and 5 continue a word).
+CONTINUE = [3, 5]
+
+
+def test_whole_words_cancel_a_phrase_continued_inside_its_word():
+    g = ContextGraph([[2, 3], [1]], default_score=1.0, continuation_tokens=CONTINUE)
+    worth = lambda tokens: (lambda st, total: total + g.finalize(st))(*_walk(g, tokens)[:2])  # noqa: E731
+    assert worth([2, 3]) == 2.0 and worth([2, 3, 4]) == 2.0  # "bc", then the end or a new word: kept
+    assert worth([2, 3, 5]) == 0.0  # "bc" + "e" is the word "bce", not "bc": taken back
+    assert worth([1, 5]) == 0.0 and worth([1, 2, 3]) == 3.0 and worth([1, 2, 3, 5, 4]) == 1.0
+    _, _, steps = _walk(g, [2, 3, 5])
+    assert steps == [1.0, 1.0 + 2.0, -2.0 - 2.0]  # the pending node score and the completed phrase
+    loose = ContextGraph([[2, 3], [1]], default_score=1.0)  # no word boundaries known: old behaviour
+    state, total, _ = _walk(loose, [2, 3, 5])
+    assert total + loose.finalize(state) == 2.0
+    # a completed phrase and the suffix phrases it contains are all taken back
+    nested = ContextGraph(PHRASES, default_score=1.0, continuation_tokens=[5])
+    state, total, _ = _walk(nested, [1, 2, 3, 5])
+    assert total + nested.finalize(state) == 0.0
+    state, total, _ = _walk(nested, [1, 2, 3, 4])
+    assert total + nested.finalize(state) == 5.0
+
+
+def test_whole_word_tokens_from_a_sentencepiece_model(tmp_path):
+    from synthasr.decode.context_graph import WORD_START, word_continuation_tokens
+    from synthasr.tokenizer import Tokenizer, train_bpe
+
+    tok = Tokenizer.load(train_bpe(["take amoxicillin twice daily", "metformin with food"] * 20, tmp_path / "bpe",
+                                   vocab_size=40, hard_vocab_limit=False))
+    cont = set(word_continuation_tokens(tok))
+    pieces = {i: tok.id_to_piece(i) for i in range(tok.vocab_size)}
+    assert cont and cont == {i for i, p in pieces.items() if not p.startswith(WORD_START) and not p.startswith("<")}
+    assert 0 not in cont and tok.unk_id not in cont
+    g = ContextGraph.from_phrases(["metformin"], tok, score=1.0)
+    assert g.continuation_tokens == cont
+    assert ContextGraph.from_phrases(["metformin"], tok, whole_words=False).continuation_tokens is None
+
+
 def test_parse_hotword():
     assert parse_hotword("amoxicillin") == ("amoxicillin", None)
     assert parse_hotword("amoxicillin:2.5") == ("amoxicillin", 2.5)
@@ -140,6 +178,16 @@ def test_huge_boost_on_a_partial_match_is_cancelled():
     model, (enc, lens) = _FakeModel(), _frames(*NEAR_TIE)
     g = ContextGraph([[2, 3]], default_score=5.0)
     assert modified_beam_search(model, enc, lens, beam_size=4, context_graph=g) == [[1]]
+
+
+def test_whole_words_stop_a_stray_piece_riding_on_a_hotword():
+    """The recipe's "letairis" + "s" case: after the hotword, a continuation piece (3) narrowly beats a
+    new word (4) acoustically; only with word boundaries does the biased search end the word."""
+    frames = _frames([1e-6, 1e-6, 1.0 - 4e-6, 1e-6, 1e-6, 1e-6], [0.05, 1e-9, 1e-9, 0.50, 0.45, 1e-9])
+    model = _FakeModel()
+    assert modified_beam_search(model, *frames, beam_size=4, context_graph=ContextGraph([[2]], default_score=1.0)) == [[2, 3]]
+    whole = ContextGraph([[2]], default_score=1.0, continuation_tokens=[3, 5])
+    assert modified_beam_search(model, *frames, beam_size=4, context_graph=whole) == [[2, 4]]
 
 
 def test_greedy_max_symbols_per_frame():

@@ -20,12 +20,19 @@ i.e. tokens of an unfinished match are boosted while the match grows, the boost 
 moment the match fails (the failure arc lands on a shallower state), and ``finalize`` takes back the
 ``node_score`` still pending when decoding ends. A large ``score`` therefore cannot "win" by half-
 matching a phrase and deleting the rest of the utterance: the half match is worth nothing in the end.
+
+Whole words (``continuation_tokens``): hotwords are words, so a phrase only counts when the word it
+ends with ends too. Given the tokens that continue a word (BPE pieces without the word-start mark
+``▁``), emitting one right after a phrase was completed takes that phrase's full score back, exactly
+like a failed partial match. Without it, the boost for "letairis" also rewards "letairis" + "s": in the
+recipe's decodes, rare names were often recognised with a stray piece stuck to them ("letairiss",
+"rapaflof", "gaster" + "scription").
 """
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 DEFAULT_HOTWORD_SCORE = 0.5  # the recipe's sweep (docs/recipe.md): 0.5 best, 2.0 worse on every test set
 
@@ -58,10 +65,13 @@ class ContextGraph:
     """Aho-Corasick automaton over token-id sequences, with per-token boosts."""
 
     def __init__(self, token_ids: Sequence[Sequence[int]], scores: Optional[Sequence[float]] = None,
-                 phrases: Optional[Sequence[str]] = None, default_score: float = DEFAULT_HOTWORD_SCORE) -> None:
+                 phrases: Optional[Sequence[str]] = None, default_score: float = DEFAULT_HOTWORD_SCORE,
+                 continuation_tokens: Optional[Iterable[int]] = None) -> None:
         if scores is not None and len(scores) != len(token_ids):
             raise ValueError(f"{len(scores)} scores for {len(token_ids)} phrases")
         self.default_score = default_score
+        # Tokens that continue the current word: emitted right after a completed phrase, they cancel it.
+        self.continuation_tokens = frozenset(continuation_tokens) if continuation_tokens is not None else None
         self.root = ContextState(id=0, token=-1, depth=0, token_score=0.0, node_score=0.0)
         self.root.fail = self.root
         self.states: List[ContextState] = [self.root]
@@ -126,7 +136,10 @@ class ContextGraph:
         while token not in node.next and node is not self.root:
             node = node.fail
         new_state = node.next.get(token, self.root)
-        return new_state.node_score - state.node_score + new_state.output_score, new_state
+        boost = new_state.node_score - state.node_score + new_state.output_score
+        if self.continuation_tokens is not None and token in self.continuation_tokens:
+            boost -= state.output_score  # the phrases completed at `state` ended inside a word
+        return boost, new_state
 
     def finalize(self, state: ContextState) -> float:
         """Score to add at the end of decoding: cancels the unfinished (pending) partial match."""
@@ -147,9 +160,10 @@ class ContextGraph:
     # -- from text -------------------------------------------------------------------------------
     @classmethod
     def from_phrases(cls, hotwords: Sequence[Union[str, Tuple[str, float]]], tokenizer,
-                     score: float = DEFAULT_HOTWORD_SCORE) -> Optional["ContextGraph"]:
+                     score: float = DEFAULT_HOTWORD_SCORE, whole_words: bool = True) -> Optional["ContextGraph"]:
         """Normalize and BPE-encode ``hotwords`` (strings, or ``(phrase, score)`` pairs; a string may
-        also be ``"phrase:score"``). Returns None for an empty list (no biasing)."""
+        also be ``"phrase:score"``). Returns None for an empty list (no biasing). ``whole_words``: a
+        phrase followed by a piece that continues its last word earns nothing (module docstring)."""
         from synthasr.text import NormalizationError, normalize
 
         phrases, scores = [], []
@@ -170,7 +184,24 @@ class ContextGraph:
         for phrase, ids in zip(phrases, token_ids):
             if not ids or unk in ids:
                 raise HotwordError(f"hotword {phrase!r}: contains characters the model's tokenizer does not know")
-        return cls(token_ids, scores, phrases=phrases, default_score=score)
+        continuation = word_continuation_tokens(tokenizer) if whole_words else None
+        return cls(token_ids, scores, phrases=phrases, default_score=score, continuation_tokens=continuation)
+
+
+WORD_START = "\u2581"  # sentencepiece's word-start mark
+
+
+def word_continuation_tokens(tokenizer) -> Optional[List[int]]:
+    """Ids of the pieces that continue a word: no leading ``▁`` and not a control symbol (``<blk>``).
+    None for a tokenizer without sentencepiece pieces (``id_to_piece``): no word boundaries known."""
+    if not hasattr(tokenizer, "id_to_piece") or not hasattr(tokenizer, "vocab_size"):
+        return None
+    out = []
+    for i in range(tokenizer.vocab_size):
+        piece = tokenizer.id_to_piece(i)
+        if not piece.startswith(WORD_START) and not (piece.startswith("<") and piece.endswith(">")):
+            out.append(i)
+    return out
 
 
 def parse_hotword(item: str) -> Tuple[str, Optional[float]]:
