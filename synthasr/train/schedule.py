@@ -696,16 +696,18 @@ def _encoder_cache_sources(plan: _Plan, stage: StageConfig, model, train_cfg) ->
     key = encoder_cache_key(model, train_cfg.features)[:16]
     device = "cuda" if train_cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
     augmented = set(_augmented_sources(stage)) if stage.augment_copies else set()
+
+    def cache(cuts, folder: str, encode_view=None):
+        return build_encoder_cache(model, cuts, plan.exp_dir / "encoder_cache" / folder / key, train_cfg.features,
+                                   max_duration=train_cfg.data.max_duration, device=device,
+                                   on_the_fly_features=train_cfg.data.on_the_fly_features, encode_view=encode_view)
+
     out = {}
     for name, weight in sorted(stage.data.items()):
         if weight <= 0:
             continue
         log.info("stage %s: encoder outputs of source %s (cache key %s)", stage.name, name, key)
         parent = _cache_parent(plan, name) or name  # a filter over another source's manifests: filter its cache
-        cache = lambda cuts, folder, **kw: build_encoder_cache(  # noqa: E731
-            model, cuts, plan.exp_dir / "encoder_cache" / folder / key, train_cfg.features,
-            max_duration=train_cfg.data.max_duration, device=device,
-            on_the_fly_features=train_cfg.data.on_the_fly_features, **kw)
         cuts = cache(plan.sources[parent], parent)
         if name in augmented:
             copies, view = _augmented_copies(plan, stage, name, parent, train_cfg.seed)
