@@ -326,8 +326,35 @@ def test_encode_view_stores_what_the_encoder_hears_under_the_cuts_own_id(corpus,
         np.testing.assert_array_equal(load_encoder_out(a), load_encoder_out(b))
 
 
-def test_schedule_stage_trains_on_stored_augmented_copies(schedule_corpus, tmp_path):
+def test_augmentation_digest_names_the_config_and_seed_not_the_copy_count():
+    from synthasr.augment.config import AugmentConfig
+    from synthasr.train.schedule import augmentation_digest
+
+    vtlp = AugmentConfig(vtlp_prob=0.5)
+    assert augmentation_digest(vtlp, 42) == augmentation_digest(AugmentConfig(vtlp_prob=0.5), 42)
+    assert augmentation_digest(vtlp, 42) != augmentation_digest(AugmentConfig(vtlp_prob=0.4), 42)
+    assert augmentation_digest(vtlp, 42) != augmentation_digest(vtlp, 43)
+
+
+def test_stages_augmenting_one_source_differently_keep_separate_copies(schedule_corpus, tmp_path):
     from synthasr.train.schedule import run_schedule
+
+    cfg = _schedule(schedule_corpus, augment={"med": {"vtlp_prob": 1.0}}, augment_copies=1)
+    other = dict(cfg["stages"][1], name="adapt_pitch", init="stage:base", augment={"med": {"pitch_prob": 1.0}})
+    cfg["stages"].append(other)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run_schedule(path, exp_dir=tmp_path / "exp")
+    manifests = sorted((tmp_path / "exp" / "encoder_cache").glob("med.augmented-*/*/" + MANIFEST_FILE))
+    assert len(manifests) == 2
+    first = [load_encoder_out(c) for c in CutSet.from_file(manifests[0])]
+    second = [load_encoder_out(c) for c in CutSet.from_file(manifests[1])]
+    assert any(a.shape != b.shape or not np.allclose(a, b, atol=1e-3) for a, b in zip(first, second))
+
+
+def test_schedule_stage_trains_on_stored_augmented_copies(schedule_corpus, tmp_path):
+    from synthasr.augment.config import AugmentConfig
+    from synthasr.train.schedule import augmentation_digest, run_schedule
 
     aug = {"vtlp_prob": 1.0, "speed": [0.9, 1.1]}
     path = tmp_path / "s.yaml"
@@ -335,7 +362,9 @@ def test_schedule_stage_trains_on_stored_augmented_copies(schedule_corpus, tmp_p
     result = run_schedule(path, exp_dir=tmp_path / "exp")
     cache = tmp_path / "exp" / "encoder_cache"
     med = [c.id for c in CutSet.from_file(schedule_corpus["med"])]
-    copies = CutSet.from_file(next((cache / "med.augmented").glob("*/" + MANIFEST_FILE))).to_eager()
+    folders = list(cache.glob("med.augmented-*"))
+    assert [f.name for f in folders] == [f"med.augmented-{augmentation_digest(AugmentConfig(**aug), 42)}"]
+    copies = CutSet.from_file(next(folders[0].glob("*/" + MANIFEST_FILE))).to_eager()
     assert sorted(c.id for c in copies) == sorted(f"{i}_aug{k}" for i in med for k in (1, 2))
     clean = CutSet.from_file(next((cache / "med").glob("*/" + MANIFEST_FILE)))
     by_id = {c.id: load_encoder_out(c) for c in clean}

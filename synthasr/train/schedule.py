@@ -686,7 +686,9 @@ def _encoder_cache_sources(plan: _Plan, stage: StageConfig, model, train_cfg) ->
 
     A filtered source (``where``) over another source's manifests filters that source's cache. With
     ``augment_copies``, an augmented source also gets that many augmented copies of every cut
-    (:func:`_augmented_copies`), stored in ``encoder_cache/<source>.augmented/<key>``."""
+    (:func:`_augmented_copies`), stored in ``encoder_cache/<source>.augmented-<digest>/<key>``, where
+    ``<digest>`` names the augmentation config and seed: stages that augment the same way share the
+    copies, and stages that augment differently never overwrite each other's."""
     import torch
     from lhotse import CutSet
 
@@ -711,12 +713,22 @@ def _encoder_cache_sources(plan: _Plan, stage: StageConfig, model, train_cfg) ->
         cuts = cache(plan.sources[parent], parent)
         if name in augmented:
             copies, view = _augmented_copies(plan, stage, name, parent, train_cfg.seed)
-            log.info("stage %s: %d augmented copies of source %s", stage.name, stage.augment_copies, name)
-            stored = cache(copies, f"{parent}.augmented", encode_view=view)
+            folder = f"{parent}.augmented-{augmentation_digest(stage.augment[name], train_cfg.seed)}"
+            log.info("stage %s: %d augmented copies of source %s in %s", stage.name, stage.augment_copies, name, folder)
+            stored = cache(copies, folder, encode_view=view)
             cuts = CutSet.from_cuts(list(cuts) + list(stored))
         spec = plan.cfg.base.sources[name]
         out[name] = select_cuts(cuts, spec.where) if parent != name else cuts
     return out
+
+
+def augmentation_digest(cfg: AugmentConfig, seed: int) -> str:
+    """A short, stable name for one augmentation config drawn with one seed (the stored copies'
+    folder). The copy count is left out: N copies are the first N of N + 1, so they can be shared."""
+    import hashlib
+
+    text = json.dumps({"augment": dataclasses.asdict(cfg), "seed": seed}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _augmented_copies(plan: _Plan, stage: StageConfig, name: str, parent: str, seed: int):
