@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from lhotse import CutSet
+from lhotse.utils import fastcopy
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train_support import make_tone_cuts, tiny_train_config, train_tokenizer  # noqa: E402
@@ -318,6 +319,9 @@ def test_encode_view_stores_what_the_encoder_hears_under_the_cuts_own_id(corpus,
         assert not np.allclose(load_encoder_out(a), load_encoder_out(c), atol=1e-3)
     build_encoder_cache(model, cuts, tmp_path / "view", encode_view=_Louder(3.0))
     assert len(_ledger_ids(tmp_path / "view")) == len(cuts)  # same view: resumed, nothing recomputed
+    loaded = CutSet.from_cuts(fastcopy(c, custom=None) for c in cuts)  # as read again from a manifest
+    build_encoder_cache(model, loaded, tmp_path / "view", encode_view=_Louder(3.0))
+    assert len(_ledger_ids(tmp_path / "view")) == len(cuts)  # data loading's marks on the cuts: not the audio
     changed = build_encoder_cache(model, cuts, tmp_path / "view", encode_view=_Louder(0.5))
     assert len(_ledger_ids(tmp_path / "view")) == 2 * len(cuts)  # another view: every cut recomputed
     quieter = build_encoder_cache(model, CutSet.from_cuts(c.perturb_volume(0.5) for c in cuts), tmp_path / "q",

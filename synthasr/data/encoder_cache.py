@@ -162,12 +162,20 @@ def _end_torn_line(path: Path) -> None:
                 f.write(b"\n")
 
 
+# The parts of a view's manifest form that decide what the encoder hears. Not ``custom``: lhotse's
+# samplers write ``dataloading_info`` onto the cuts they yield, so after any data loading over the same
+# cut objects (e.g. building the clean cache) the whole-manifest digest changed and every copy was
+# recomputed. Not the supervisions either: the text does not reach the encoder.
+HEARD_FIELDS = ("recording", "features", "start", "duration", "channel")
+
+
 def _view_ref(cut, view) -> str:
     """The ledger reference of ``cut`` heard as ``view``: its features/audio, plus a digest of the view's
-    manifest form (every transform and its parameters) when the encoder hears something else."""
+    audio (source, every transform and its parameters, span) when the encoder hears something else."""
     if view is None:
         return _features_ref(cut)
-    digest = hashlib.sha256(json.dumps(view.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    heard = {k: v for k, v in view.to_dict().items() if k in HEARD_FIELDS}
+    digest = hashlib.sha256(json.dumps(heard, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return f"{_features_ref(cut)}|view:{digest}"
 
 
