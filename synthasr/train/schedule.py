@@ -727,7 +727,7 @@ def augmentation_digest(cfg: AugmentConfig, seed: int) -> str:
     folder). The copy count is left out: N copies are the first N of N + 1, so they can be shared."""
     import hashlib
 
-    text = json.dumps({"augment": dataclasses.asdict(cfg), "seed": seed}, sort_keys=True)
+    text = json.dumps({"augment": to_dict(cfg), "seed": seed}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
